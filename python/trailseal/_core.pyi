@@ -1,0 +1,143 @@
+"""Type stubs of the native module ``trailseal._core`` (rust/trailseal-py).
+
+The Rust core owns every per-event operation; Python crosses into it once per
+batch. Every method that does per-event work or file I/O releases the GIL.
+
+Spool layout owned by :class:`Core` (one directory per trail under ``spool_dir``)::
+
+    <spool_dir>/<trail>/open/<seq>-<account>-<region>.seg        open segment: zstd frames
+    <spool_dir>/<trail>/open/<seq>-<account>-<region>.seg.json   its metadata (chain start, opened at)
+    <spool_dir>/<trail>/sealed/<seq>-<account>-<region>.log      sealed log file (compressed bytes, final)
+    <spool_dir>/<trail>/sealed/<seq>-<account>-<region>.json     its manifest (SealedFile fields as JSON)
+    <spool_dir>/<trail>/heads.json                               chain head per stream (account/region)
+    <spool_dir>/dedup.ids                                        eventID journal (last ``dedup_capacity`` IDs)
+
+``seq`` is a zero-padded 12-digit number, increasing per trail across restarts, so
+sorting file names gives delivery order.
+"""
+
+from typing import final
+
+__version__: str
+
+class CoreError(Exception):
+    """I/O or state error inside the core (message names the file and what failed)."""
+
+@final
+class BatchResult:
+    accepted: int
+    """Events newly written (summed over trails: an event counts once however many trails take it)."""
+    duplicates: int
+    """Events whose eventID was already in the dedup window (acknowledged, not written)."""
+    rejected: int
+    errors: list[tuple[int, int, str, str]]
+    """(part index, line number within the part counting from 1, code, message), in input order."""
+    lines: list[int]
+    """Per part: the number of non-blank lines it held (all of them are settled by this batch)."""
+    uncompressed_bytes: int
+    """Uncompressed log-file bytes appended by this batch, all trails."""
+    compressed_bytes: int
+    """Compressed bytes appended by this batch, all trails."""
+
+@final
+class OpenSegment:
+    trail: str
+    account: str
+    region: str
+    seq: int
+    path: str
+    event_count: int
+    uncompressed_bytes: int
+    opened_at_ms: int
+    """Wall-clock milliseconds since the epoch when the segment's first event was written."""
+
+@final
+class SealedFile:
+    trail: str
+    account: str
+    region: str
+    seq: int
+    object_key: str
+    path: str
+    """The sealed log file in the spool (compressed bytes exactly as they are to be delivered)."""
+    manifest_path: str
+    sha256: str
+    """Lower-case hex SHA-256 of the uncompressed content."""
+    event_count: int
+    oldest_event_time: str
+    newest_event_time: str
+    chain_start: str
+    chain_end: str
+    compression: str
+    compressed_bytes: int
+    uncompressed_bytes: int
+
+@final
+class VerifyReport:
+    sha256: str
+    event_count: int
+    oldest_event_time: str | None
+    newest_event_time: str | None
+    chain_start: str
+    chain_end: str
+    event_ids: list[str]
+    problems: list[str]
+    """Empty when the file is a well-formed log file: content layout of FORMATS.md §4, every event in
+    canonical form, the chain from ``chain_start`` to ``chain_end`` recomputed. Each problem names the
+    event index (from 1) and what is wrong."""
+
+@final
+class Core:
+    def __init__(
+        self,
+        spool_dir: str,
+        trails: list[str],
+        *,
+        account_id: str,
+        region: str,
+        max_event_bytes: int = 262144,
+        add_receipt: bool = True,
+        dedup_capacity: int = 1_000_000,
+        zstd_level: int = 3,
+    ) -> None:
+        """Open (creating if needed) the spool, recover every open segment (torn tail truncated to
+        the last whole frame, chain head recomputed) and load the dedup journal. Raises CoreError."""
+
+    def recovery_notes(self) -> list[str]:
+        """Human-readable notes of what recovery did at open (truncated tails, restarted chains)."""
+
+    def process(self, data: bytes, parts: list[tuple[int, str, str | None, int]]) -> BatchResult:
+        """Process one batch. ``data`` is whole NDJSON lines (``\\n`` or ``\\r\\n``; blank lines are
+        skipped and not counted). ``parts`` splits it by source: (end offset in ``data``, peer,
+        agent or None, receivedAt in epoch milliseconds); the parts cover ``data`` in order.
+        Per line: parse, validate, fill defaults, add receipt, dedup, canonicalize, route to every
+        trail, chain, and append one zstd frame per touched stream to its open segment (written,
+        not yet fsync'd). Releases the GIL."""
+
+    def sync(self) -> None:
+        """fsync every segment (and directory) written since the last sync. After it returns, every
+        event accepted by earlier ``process`` calls survives a crash. Releases the GIL."""
+
+    def open_segments(self) -> list[OpenSegment]:
+        """The open, non-empty segments."""
+
+    def seal(self, trail: str, account: str, region: str, object_key: str) -> SealedFile | None:
+        """Seal the stream's open segment: append the closing frame, fsync, write the manifest and
+        move both into ``sealed/`` (atomically, fsync'd). Returns None when the stream has no open
+        segment. The next event of the stream starts a new segment whose chain start is this one's
+        chain end. Releases the GIL."""
+
+    def sealed_files(self, trail: str) -> list[SealedFile]:
+        """Sealed, not yet removed files of the trail in delivery order (oldest seq first)."""
+
+    def remove_sealed(self, trail: str, seq: int) -> None:
+        """Delete a delivered sealed file and its manifest."""
+
+def canonicalize(data: bytes) -> bytes:
+    """RFC 8785 canonical form of one JSON text (any value). Raises ValueError naming the problem."""
+
+def chain_step(previous: bytes, canonical_event: bytes) -> bytes:
+    """``SHA-256(previous ‖ SHA-256(canonical_event))`` (FORMATS.md §3); ``previous`` is 32 bytes."""
+
+def verify_log(data: bytes, compression: str, chain_start: str) -> VerifyReport:
+    """Verify one log file's bytes (``compression`` "zstd" or "gzip"). Releases the GIL."""

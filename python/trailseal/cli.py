@@ -1,0 +1,103 @@
+"""The ``trailseal`` console script: argument parsing only; each command lives in its module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from trailseal import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trailseal",
+        description="Tamper-evident audit trails: receive events, seal them into chained, "
+        "signed log files, and prove later that nothing was changed, removed or inserted.",
+    )
+    parser.add_argument("--version", action="version", version=f"trailseal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Run the daemon. With no --config it runs on the embedded defaults: "
+        "a local directory destination under the data directory, printed at start.",
+    )
+    serve.add_argument("--config", type=Path, help="TOML config file (FORMATS.md §9 keys)")
+    serve.add_argument(
+        "--check-config",
+        action="store_true",
+        help="only load and check the config, print the effective settings, and exit",
+    )
+
+    send = sub.add_parser(
+        "send",
+        help="ship NDJSON events to a running daemon",
+        description="Ship NDJSON events (one JSON object a line) from FILES or standard input. "
+        "Missing eventIDs are assigned first so that resends after a reconnect are idempotent. "
+        "Prints each rejected line as 'line K: CODE message' and exits 1 if any was rejected.",
+    )
+    target = send.add_mutually_exclusive_group()
+    target.add_argument("--config", type=Path, help="find the daemon from this config file")
+    target.add_argument("--socket", type=Path, help="the daemon's unix socket")
+    target.add_argument("--tcp", metavar="HOST:PORT", help="the daemon's TCP listener")
+    send.add_argument("--token", help="ingest token for a TCP listener that requires one")
+    send.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    send.add_argument("files", nargs="*", type=Path, metavar="FILES", help="NDJSON files (default: stdin)")
+
+    validate = sub.add_parser(
+        "validate",
+        help="prove a destination's log files and digests intact",
+        description="Walk every digest chain in the destination newest to oldest and verify "
+        "signatures, log file hashes, the event chains and the digests' own chaining.",
+    )
+    validate.add_argument("--destination", required=True, help="file:///dir or s3://bucket/prefix")
+    validate.add_argument("--start-time", help="only digests ending at or after this time (RFC 3339)")
+    validate.add_argument("--end-time", help="only digests ending at or before this time (RFC 3339)")
+    validate.add_argument(
+        "--public-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="trusted public key (PEM); may be given more than once",
+    )
+    validate.add_argument(
+        "--keys-from-destination",
+        action="store_true",
+        help="also trust the public keys stored in the destination (a weaker check)",
+    )
+    validate.add_argument("-v", "--verbose", action="store_true", help="list every file checked")
+    validate.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    keys = sub.add_parser("keys", help="manage the digest signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    export = keys_sub.add_parser("export", help="print the public signing keys as PEM")
+    export.add_argument("--config", type=Path, help="the daemon's config file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from trailseal import daemon
+
+        return daemon.main(config_path=args.config, check_only=args.check_config)
+    if args.command == "send":
+        from trailseal import client
+
+        return client.main(args)
+    if args.command == "validate":
+        from trailseal import validate
+
+        return validate.main(args)
+    if args.command == "keys":
+        from trailseal.delivery import signer
+
+        return signer.main(args)
+    raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

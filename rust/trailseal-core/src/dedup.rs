@@ -1,0 +1,1 @@
+//! dedup: see lib.rs.

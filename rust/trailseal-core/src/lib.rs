@@ -1,0 +1,22 @@
+//! trailseal-core: the pure-Rust heart of trailseal (no pyo3; `cargo test -p trailseal-core`
+//! needs no Python).
+//!
+//! - [`canonical`]: RFC 8785 (JCS) canonical JSON with I-JSON checks.
+//! - [`event`]: one NDJSON line → validated, defaulted, canonical event bytes (FORMATS.md §1).
+//! - [`chain`]: the per-stream SHA-256 chain (FORMATS.md §3).
+//! - [`segment`]: open segments of zstd frames, torn-tail recovery, sealing (FORMATS.md §4).
+//! - [`dedup`]: the persisted eventID window.
+//! - [`spool`]: a batch in, one result out: the orchestration the Python binding exposes.
+//! - [`verify`]: verification of sealed log files.
+#![forbid(unsafe_code)]
+
+pub mod canonical;
+pub mod chain;
+pub mod dedup;
+pub mod error;
+pub mod event;
+pub mod segment;
+pub mod spool;
+pub mod verify;
+
+pub use error::{CoreError, Result};

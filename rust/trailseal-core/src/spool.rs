@@ -1,0 +1,1 @@
+//! spool: see lib.rs.
