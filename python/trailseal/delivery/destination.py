@@ -1,0 +1,255 @@
+"""Destinations: where log files, digests and public keys are delivered (FORMATS.md §7).
+
+``open_destination(url, host_id=…)`` gives a :class:`Destination` whose methods block (callers
+run them through ``trio.to_thread.run_sync``). Keys are full object keys (the prefix included,
+as :mod:`trailseal.delivery.layout` builds them).
+
+Invariants every destination keeps:
+- an object is never overwritten: putting the same bytes again is accepted (so retries and
+  re-deliveries after a crash are harmless), putting different bytes raises IntegrityError;
+- an object appears whole or not at all.
+
+``file:///abs/dir`` lays out exactly the keys S3 would hold, under ``dir``::
+
+    <dir>/<key>                  the object (written to a temporary name in the same directory,
+                                 fsync'd, hard-linked into place, the directory fsync'd)
+    <dir>/<key>.metadata.json    its user metadata, a flat JSON object of lower-case names
+                                 (only when there is any), written before the object
+
+Its bucket (``digestS3Bucket``/``s3Bucket``) is the directory's last path component.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from trailseal.errors import ConfigError, DeliveryError, IntegrityError
+
+METADATA_SUFFIX = ".metadata.json"
+_TMP_MARK = ".tmp-"
+
+
+class NoSuchKeyError(DeliveryError):
+    """The object asked for is not in the destination."""
+
+
+class Destination(Protocol):
+    """What the uploader, the digest writer and the validator need from a destination."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    def put_file(self, key: str, path: Path, metadata: dict[str, str] | None = None) -> None: ...
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def get_metadata(self, key: str) -> dict[str, str]: ...
+    def exists(self, key: str) -> bool: ...
+    def list_keys(self, prefix: str = "") -> list[str]: ...
+    def delete(self, key: str) -> None: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _same_content(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except FileNotFoundError:
+        return False
+
+
+class FileDestination:
+    """A local directory laid out like a bucket."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        self._url = url
+        self.root = root
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def bucket(self) -> str:
+        return self.root.name
+
+    @property
+    def prefix(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"FileDestination({self._url!r})"
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise DeliveryError(
+                f"object key {key!r} is not a valid relative key (empty, absolute, or with "
+                f"'.', '..' or empty parts) for destination {self._url}"
+            )
+        if key.endswith(METADATA_SUFFIX) or _TMP_MARK in parts[-1]:
+            raise DeliveryError(
+                f"object key {key!r} collides with the side files of destination {self._url}"
+            )
+        return self.root.joinpath(*parts)
+
+    def _make_dirs(self, directory: Path) -> None:
+        missing: list[Path] = []
+        d = directory
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        for created in reversed(missing):
+            _fsync_dir(created.parent)
+
+    def _write_new(self, target: Path, data: bytes, key: str) -> None:
+        """Write ``data`` to ``target`` unless it exists (same bytes: fine; else IntegrityError)."""
+        tmp = target.with_name(f".{target.name}{_TMP_MARK}{secrets.token_hex(6)}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            if not _same_content(target, data):
+                raise IntegrityError(
+                    f"object {key!r} already exists in {self._url} with different content; "
+                    "delivered objects are never overwritten (move the existing object away "
+                    "if it is known to be wrong)"
+                ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def _write_metadata(self, target: Path, metadata: dict[str, str], key: str) -> None:
+        side = target.with_name(target.name + METADATA_SUFFIX)
+        data = json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode()
+        if side.exists() and not _same_content(side, data):
+            if target.exists():
+                raise IntegrityError(
+                    f"object {key!r} already exists in {self._url} with different metadata "
+                    f"({side.name}); delivered objects are never overwritten"
+                )
+            side.unlink()  # left by a crash before the object was linked into place
+        self._write_new(side, data, key)
+
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        target = self._path(key)
+        try:
+            self._make_dirs(target.parent)
+            if metadata:
+                self._write_metadata(target, metadata, key)
+            self._write_new(target, data, key)
+        except OSError as e:
+            raise DeliveryError(f"cannot write object {key!r} to {self._url}: {e}") from e
+
+    def put_file(self, key: str, path: Path, metadata: dict[str, str] | None = None) -> None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise DeliveryError(f"cannot read {path} to deliver it as {key!r}: {e}") from e
+        self.put_bytes(key, data, metadata)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NoSuchKeyError(f"object {key!r} not found in {self._url}") from None
+        except (IsADirectoryError, NotADirectoryError):
+            raise NoSuchKeyError(f"object {key!r} not found in {self._url}") from None
+        except OSError as e:
+            raise DeliveryError(f"cannot read object {key!r} from {self._url}: {e}") from e
+
+    def get_metadata(self, key: str) -> dict[str, str]:
+        target = self._path(key)
+        if not target.is_file():
+            raise NoSuchKeyError(f"object {key!r} not found in {self._url}")
+        side = target.with_name(target.name + METADATA_SUFFIX)
+        try:
+            raw = json.loads(side.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise DeliveryError(f"cannot read the metadata of {key!r} ({side}): {e}") from e
+        if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+        ):
+            raise DeliveryError(
+                f"metadata of {key!r} ({side}) is not a flat JSON object of strings"
+            )
+        return raw
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        start = self.root
+        if "/" in prefix:
+            start = self.root.joinpath(*prefix.rsplit("/", 1)[0].split("/"))
+        keys: list[str] = []
+        for dirpath, _dirnames, filenames in os.walk(start):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.endswith(METADATA_SUFFIX) or _TMP_MARK in name:
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        keys.sort()
+        return keys
+
+    def delete(self, key: str) -> None:
+        target = self._path(key)
+        try:
+            target.with_name(target.name + METADATA_SUFFIX).unlink(missing_ok=True)
+            target.unlink()
+        except FileNotFoundError:
+            raise NoSuchKeyError(f"object {key!r} not found in {self._url}") from None
+        except OSError as e:
+            raise DeliveryError(f"cannot delete object {key!r} from {self._url}: {e}") from e
+        with contextlib.suppress(OSError):
+            _fsync_dir(target.parent)
+
+
+def open_destination(url: str, *, host_id: str) -> Destination:
+    """The destination at ``url`` (``file:///abs/dir``; ``s3://bucket[/prefix]`` is not yet
+    supported). ``{host_id}`` in a prefix is replaced by ``host_id``."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"destination {url!r}: a file:// URL names a local directory and has no host; "
+                "write file:///absolute/dir"
+            )
+        raw = unquote(parts.path).replace("{host_id}", host_id)
+        root = Path(raw)
+        if not root.is_absolute() or root == Path("/"):
+            raise ConfigError(
+                f"destination {url!r}: give an absolute directory below /, as file:///abs/dir"
+            )
+        return FileDestination(url, root)
+    if parts.scheme == "s3":
+        raise ConfigError(
+            f"destination {url!r}: s3:// destinations are not supported by this build yet; "
+            "use a file:///abs/dir destination"
+        )
+    raise ConfigError(
+        f"destination {url!r}: unknown scheme {parts.scheme!r}; use file:///abs/dir or "
+        "s3://bucket/prefix"
+    )

@@ -1,0 +1,234 @@
+"""The uploader: delivers a trail's sealed log files, in seq order, and records each one for the
+next digest (docs/internals.md, "The daemon's topology").
+
+Per sealed file: ``Destination.put_file(object_key)`` (no-overwrite, so a retry or a re-delivery
+after a crash is harmless) → one line appended to ``<state_dir>/delivered.jsonl`` and fsync'd →
+``Core.remove_sealed``. A file still in the spool at start (a crash left it) is delivered again
+first; its line is not appended twice (see :class:`DeliveryState`), so no file is ever listed in
+two digests. Failures are retried with capped exponential backoff, forever: a file is never
+dropped (WARNING on each retry, ERROR once it keeps failing).
+
+``delivered.jsonl`` holds one compact JSON object per line: the ``logFiles`` entry of
+FORMATS.md §5 (``s3Bucket``, ``s3Object``, ``hashValue``, ``hashAlgorithm``, ``newestEventTime``,
+``oldestEventTime``, ``eventCount``, ``chainStart``, ``chainEnd``) plus ``account`` and ``region``.
+The digest writer removes the lines a delivered digest covers (atomic rewrite).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from trailseal import _core
+from trailseal.config import TrailConfig
+from trailseal.delivery.destination import Destination
+from trailseal.errors import TrailsealError
+
+log = logging.getLogger(__name__)
+
+DELIVERED_NAME = "delivered.jsonl"
+DIGESTS_NAME = "digests.json"
+PENDING_NAME = "pending-digest.json"
+
+BACKOFF_FIRST_SECS = 0.5
+BACKOFF_MAX_SECS = 60.0
+FAILURES_BEFORE_ERROR = 5
+
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+T = TypeVar("T")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the dir."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class DeliveryState:
+    """A trail's delivery state files (shared by the uploader and the digest writer).
+
+    Every method blocks (run it through ``trio.to_thread``) and holds a per-directory lock, so
+    an append never races the digest writer's rewrite of ``delivered.jsonl``.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir)
+        self.delivered_path = self.dir / DELIVERED_NAME
+        self.digests_path = self.dir / DIGESTS_NAME
+        self.pending_path = self.dir / PENDING_NAME
+        key = self.dir.resolve()
+        with _locks_guard:
+            self.lock = _locks.setdefault(key, threading.Lock())
+
+    def ensure_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def read_delivered_lines(self) -> list[str]:
+        """The lines of ``delivered.jsonl`` (a torn last line, from a crash mid-append, is
+        dropped: its file is still in the spool and gets delivered again)."""
+        try:
+            text = self.delivered_path.read_text()
+        except FileNotFoundError:
+            return []
+        lines = text.split("\n")
+        if lines and lines[-1] != "":
+            lines = lines[:-1]  # no newline yet: torn
+        return [line for line in lines if line]
+
+    def read_digests(self) -> dict[str, Any]:
+        try:
+            raw = json.loads(self.digests_path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise TrailsealError(
+                f"digest state {self.digests_path} is not valid JSON ({e}); move it away to "
+                "restart the digest chains (the next digests will start new chains)"
+            ) from e
+        if not isinstance(raw, dict):
+            raise TrailsealError(f"digest state {self.digests_path} is not a JSON object")
+        return raw
+
+    def _recently_listed(self) -> set[str]:
+        keys: set[str] = set()
+        for stream in self.read_digests().get("streams", {}).values():
+            keys.update(stream.get("recent_files", []))
+        return keys
+
+    def append_delivered(self, entry: dict[str, Any]) -> bool:
+        """Append ``entry`` unless its object is already recorded (in ``delivered.jsonl`` or
+        among the files the last digests listed). Returns True when appended."""
+        line = json.dumps(entry, separators=(",", ":"))
+        with self.lock:
+            self.ensure_dir()
+            key = entry["s3Object"]
+            for existing in self.read_delivered_lines():
+                if json.loads(existing).get("s3Object") == key:
+                    return False
+            if key in self._recently_listed():
+                return False
+            raw = b""
+            if self.delivered_path.exists():
+                raw = self.delivered_path.read_bytes()
+            with open(self.delivered_path, "ab") as f:
+                if raw and not raw.endswith(b"\n"):
+                    f.truncate(raw.rfind(b"\n") + 1)  # drop a torn line left by a crash
+                f.write(line.encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(self.dir)
+            return True
+
+
+def log_file_entry(sealed: _core.SealedFile, bucket: str) -> dict[str, Any]:
+    """The ``logFiles`` entry of a delivered file plus its stream (``account``, ``region``)."""
+    return {
+        "s3Bucket": bucket,
+        "s3Object": sealed.object_key,
+        "hashValue": sealed.sha256,
+        "hashAlgorithm": "SHA-256",
+        "newestEventTime": sealed.newest_event_time,
+        "oldestEventTime": sealed.oldest_event_time,
+        "eventCount": sealed.event_count,
+        "chainStart": sealed.chain_start,
+        "chainEnd": sealed.chain_end,
+        "account": sealed.account,
+        "region": sealed.region,
+    }
+
+
+async def retry_forever(what: str, fn: Callable[[], T]) -> T:
+    """Run blocking ``fn`` in a thread until it succeeds, backing off exponentially (capped)."""
+    delay = BACKOFF_FIRST_SECS
+    failures = 0
+    while True:
+        try:
+            return await trio.to_thread.run_sync(fn)
+        except (TrailsealError, OSError, _core_error()) as e:
+            failures += 1
+            level = logging.ERROR if failures >= FAILURES_BEFORE_ERROR else logging.WARNING
+            log.log(
+                level,
+                "%s failed (attempt %d): %s; retrying in %.1f s",
+                what,
+                failures,
+                e,
+                delay,
+            )
+            await trio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_SECS)
+
+
+def _core_error() -> type[Exception]:
+    err = getattr(_core, "CoreError", None)
+    return err if isinstance(err, type) and issubclass(err, Exception) else TrailsealError
+
+
+async def deliver_one(
+    core: _core.Core, destination: Destination, state: DeliveryState, sealed: _core.SealedFile
+) -> None:
+    """Deliver one sealed file, record it, and remove it from the spool."""
+    key = sealed.object_key
+    await retry_forever(
+        f"delivering {sealed.path} to {destination.url} as {key}",
+        lambda: destination.put_file(key, Path(sealed.path)),
+    )
+    entry = log_file_entry(sealed, destination.bucket)
+    await retry_forever(
+        f"recording delivered file {key} in {state.delivered_path}",
+        lambda: state.append_delivered(entry),
+    )
+    await retry_forever(
+        f"removing delivered file seq {sealed.seq} of trail {sealed.trail} from the spool",
+        lambda: core.remove_sealed(sealed.trail, sealed.seq),
+    )
+    log.debug("delivered %s (%d events)", key, sealed.event_count)
+
+
+async def run(
+    *,
+    core: _core.Core,
+    trail: TrailConfig,
+    destination: Destination,
+    state_dir: Path,
+    sealed: trio.MemoryReceiveChannel[_core.SealedFile],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Deliver the spool's leftovers, then every sealed file received, until ``sealed`` closes."""
+    state = DeliveryState(state_dir)
+    await trio.to_thread.run_sync(state.ensure_dir)
+    leftovers = await trio.to_thread.run_sync(core.sealed_files, trail.name)
+    task_status.started()
+    done: set[int] = set()
+    for item in sorted(leftovers, key=lambda s: s.seq):
+        await deliver_one(core, destination, state, item)
+        done.add(item.seq)
+    async with sealed:
+        async for item in sealed:
+            if item.seq in done:
+                continue  # already delivered as a leftover
+            await deliver_one(core, destination, state, item)
+            done.add(item.seq)
