@@ -1,0 +1,650 @@
+"""End-to-end load benchmark: the real daemon, real sockets, acks and fsync, one JSON line out.
+
+``python benches/loadgen.py --events N --connections K [--cores 1|2] [--tcp] [--naive]``
+
+1. Pre-generates ``N`` seeded synthetic events (``trailseal.synthetic``) and pre-encodes them into
+   per-connection chunks of whole lines (``--chunk-bytes``, default 256 KiB).
+2. Writes a config into a temporary directory (defaults otherwise: ``seal_after_bytes`` 64 MiB,
+   the API disabled, TCP on a free 127.0.0.1 port, a ``file://`` destination beside it) and starts
+   ``trailseal serve --config …`` as a subprocess (``--cores 1``: under ``taskset -c 0``, and the
+   load generator pins itself to the same core).
+3. Pushes the chunks from ``K`` connections (unix socket, or TCP with ``--tcp``), one sender and
+   one ack-reader thread each, at most ``--window-bytes`` unacknowledged per connection, and
+   waits until every line is acknowledged. Ack latency per chunk = time from ``sendall`` of the
+   chunk returning to the ``{"ack":N}`` that covers its last line.
+4. Samples the daemon's peak RSS (VmHWM in ``/proc/<pid>/status``), sends SIGTERM, waits for the
+   graceful shutdown (seal + deliver), and reads the delivered ``.json.zst`` log files: the
+   compression ratio is their uncompressed/compressed size and the delivered event count is
+   checked against ``N``.
+5. On the same events, in the same process: the naive Python pipeline (naive_pipeline.py) and
+   the core alone (``Core.process`` + ``Core.sync`` on 4 MiB batches, no sockets).
+
+Throughput is counted from the first byte sent to the last ack (daemon start-up and shutdown are
+not in it). The load generator runs on the same machine and takes some of its CPU.
+``--naive`` runs only the in-process baselines (no daemon).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+
+import naive_pipeline  # benches/ is on sys.path: the script's directory, or pytest's rootdir
+
+CHUNK_BYTES = 256 * 1024
+WINDOW_BYTES = 8 * 1024 * 1024
+CORE_BATCH_BYTES = 4 * 1024 * 1024
+ACCOUNT_ID = "111122223333"
+REGION = "us-east-1"
+
+
+class LoadError(Exception):
+    """The load run could not complete (daemon failed to start, stalled, or lost events)."""
+
+
+# ---------------------------------------------------------------- pre-encoding
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes
+    end_line: int
+    """Line number (per connection, from 1) of the chunk's last line."""
+
+
+def encode_chunks(lines: Sequence[bytes], chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
+    """Join ``lines`` (no line endings) into ``\\n``-terminated chunks of about ``chunk_bytes``."""
+    chunks: list[Chunk] = []
+    current: list[bytes] = []
+    size = 0
+    for number, line in enumerate(lines, start=1):
+        current.append(line)
+        size += len(line) + 1
+        if size >= chunk_bytes:
+            chunks.append(Chunk(b"\n".join(current) + b"\n", number))
+            current, size = [], 0
+    if current:
+        chunks.append(Chunk(b"\n".join(current) + b"\n", len(lines)))
+    return chunks
+
+
+def split_connections(lines: Sequence[bytes], connections: int) -> list[Sequence[bytes]]:
+    """Contiguous, nearly equal slices of ``lines``, one per connection."""
+    n = len(lines)
+    return [lines[k * n // connections : (k + 1) * n // connections] for k in range(connections)]
+
+
+# ---------------------------------------------------------------- the reply side (sans-IO)
+
+
+class ReplyParser:
+    """Parses the server's reply lines (FORMATS.md §2): ``{"ack":N}`` and ``{"error":…}``.
+
+    Cheap on purpose: an ack line is recognised by its prefix and its number cut out; anything
+    else is decoded with orjson. ``feed`` returns the acks found, in order.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.errors: list[dict[str, Any]] = []
+        self.other: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[int]:
+        self._buffer += data
+        *complete, self._buffer = self._buffer.split(b"\n")
+        acks: list[int] = []
+        for line in complete:
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith(b'{"ack":') and line.endswith(b"}"):
+                try:
+                    acks.append(int(line[7:-1]))
+                    continue
+                except ValueError:
+                    pass
+            try:
+                reply = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self.other.append(line)
+                continue
+            if isinstance(reply, dict) and isinstance(reply.get("ack"), int):
+                acks.append(reply["ack"])
+            elif isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+                self.errors.append(reply["error"])
+            else:
+                self.other.append(line)
+        return acks
+
+
+# ---------------------------------------------------------------- one connection
+
+
+@dataclass
+class ConnectionStats:
+    lines: int
+    acked: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    other: list[bytes] = field(default_factory=list)
+    failure: str | None = None
+
+
+class Connection:
+    """One client connection: a sender thread pushing pre-encoded chunks (at most
+    ``window_chunks`` unacknowledged) and a reader thread parsing acks."""
+
+    def __init__(self, sock: socket.socket, chunks: list[Chunk], window_bytes: int) -> None:
+        self.sock = sock
+        self.chunks = chunks
+        avg = max(1, sum(len(c.data) for c in chunks) // max(1, len(chunks)))
+        self.window_chunks = max(1, window_bytes // avg)
+        self.stats = ConnectionStats(lines=chunks[-1].end_line if chunks else 0)
+        self._sent_at: list[float | None] = [None] * len(chunks)
+        self._settled = 0  # chunks fully acknowledged
+        self._cond = threading.Condition()
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._send, name="loadgen-send", daemon=True),
+            threading.Thread(target=self._read, name="loadgen-read", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def join(self, deadline: float) -> None:
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            self._fail(f"timed out with {self.stats.acked}/{self.stats.lines} lines acknowledged")
+            for thread in self._threads:
+                thread.join(5)
+
+    def _fail(self, message: str) -> None:
+        with self._cond:
+            if self.stats.failure is None:
+                self.stats.failure = message
+            self._stop = True
+            self._cond.notify_all()
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _send(self) -> None:
+        try:
+            for index, chunk in enumerate(self.chunks):
+                with self._cond:
+                    while not self._stop and index - self._settled >= self.window_chunks:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                self.sock.sendall(chunk.data)
+                self._sent_at[index] = time.perf_counter()
+        except OSError as exc:
+            self._fail(f"send failed: {exc}")
+
+    def _read(self) -> None:
+        parser = ReplyParser()
+        ends = [chunk.end_line for chunk in self.chunks]
+        total = self.stats.lines
+        try:
+            while self.stats.acked < total:
+                data = self.sock.recv(65536)
+                if not data:
+                    self._fail(
+                        f"server closed the connection after ack {self.stats.acked} of {total}"
+                    )
+                    return
+                acks = parser.feed(data)
+                if not acks:
+                    continue
+                now = time.perf_counter()
+                ack = max(acks)
+                with self._cond:
+                    self.stats.acked = max(self.stats.acked, ack)
+                    while self._settled < len(ends) and ends[self._settled] <= ack:
+                        sent = self._sent_at[self._settled]
+                        self.stats.latencies.append(now - (sent if sent is not None else now))
+                        self._settled += 1
+                    self._cond.notify_all()
+        except OSError as exc:
+            self._fail(f"receive failed: {exc}")
+        finally:
+            self.stats.errors = parser.errors
+            self.stats.other = parser.other
+
+
+@dataclass
+class PushResult:
+    seconds: float
+    cpu_seconds: float
+    """CPU time the load generator's process used while pushing (user + system)."""
+    lines: int
+    acked: int
+    latencies: list[float]
+    errors: list[dict[str, Any]]
+    failures: list[str]
+
+
+def push(
+    connect: Any,
+    per_connection: Sequence[Sequence[bytes]],
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    window_bytes: int = WINDOW_BYTES,
+    timeout: float = 600.0,
+) -> PushResult:
+    """Open one socket per element of ``per_connection`` with ``connect()``, push its lines and
+    wait for every ack (or ``timeout`` seconds). Encoding is done before the clock starts."""
+    encoded = [encode_chunks(lines, chunk_bytes) for lines in per_connection]
+    conns = [Connection(connect(), chunks, window_bytes) for chunks in encoded if chunks]
+    try:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        for conn in conns:
+            conn.start()
+        for conn in conns:
+            conn.join(deadline)
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        for conn in conns:
+            conn.sock.close()
+    return PushResult(
+        seconds=seconds,
+        cpu_seconds=after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime,
+        lines=sum(c.stats.lines for c in conns),
+        acked=sum(c.stats.acked for c in conns),
+        latencies=[lat for c in conns for lat in c.stats.latencies],
+        errors=[err for c in conns for err in c.stats.errors],
+        failures=[c.stats.failure for c in conns if c.stats.failure is not None],
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_config(root: Path, *, tcp_port: int) -> Path:
+    """The benchmark's config: FORMATS.md §9 defaults except the paths, ports and the API."""
+    data_dir = root / "data"
+    config = root / "trailseal.toml"
+    config.write_text(
+        f"""\
+[daemon]
+data_dir = "{data_dir}"
+account_id = "{ACCOUNT_ID}"
+region = "{REGION}"
+host_id = "bench"
+
+[ingest]
+unix_socket = "{root / "ingest.sock"}"
+tcp_listen = "127.0.0.1:{tcp_port}"
+
+[api]
+listen = ""
+
+[trails.default]
+destination = "file://{root / "bucket"}"
+"""
+    )
+    return config
+
+
+def trailseal_command() -> list[str]:
+    script = Path(sys.executable).parent / "trailseal"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "trailseal.cli"]
+
+
+def read_vm_hwm_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class Daemon:
+    """``trailseal serve --config FILE`` as a subprocess, its stderr in ``root/daemon.log``."""
+
+    def __init__(self, root: Path, *, cores: int, tcp_port: int) -> None:
+        self.root = root
+        self.config = write_config(root, tcp_port=tcp_port)
+        self.unix_socket = root / "ingest.sock"
+        self.tcp = ("127.0.0.1", tcp_port)
+        self.bucket = root / "bucket"
+        self.log_path = root / "daemon.log"
+        command = [*trailseal_command(), "serve", "--config", str(self.config)]
+        if cores == 1:
+            command = ["taskset", "-c", "0", *command]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.peak_rss_kib = 0
+        self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while self.proc.poll() is None:
+            value = read_vm_hwm_kib(self.proc.pid)
+            if value is not None:
+                self.peak_rss_kib = max(self.peak_rss_kib, value)
+            time.sleep(0.1)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def connect_unix(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(self.unix_socket))
+        return sock
+
+    def connect_tcp(self) -> socket.socket:
+        sock = socket.create_connection(self.tcp)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until both listeners accept a connection (or the daemon exits: LoadError)."""
+        deadline = time.monotonic() + timeout
+        for connect in (self.connect_unix, self.connect_tcp):
+            while True:
+                if self.proc.poll() is not None:
+                    raise LoadError(
+                        f"the daemon exited with status {self.proc.returncode} during start-up; "
+                        f"its log ({self.log_path}) ends:\n{self.log_tail()}"
+                    )
+                try:
+                    connect().close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise LoadError(
+                            f"the daemon did not accept connections within {timeout:.0f} s; "
+                            f"its log ({self.log_path}) ends:\n{self.log_tail()}"
+                        ) from None
+                    time.sleep(0.05)
+
+    def stop(self, timeout: float = 300.0) -> int:
+        """SIGTERM, wait for the graceful shutdown; kill it when it overruns ``timeout``."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise LoadError(
+                    f"the daemon did not exit within {timeout:.0f} s of SIGTERM and was killed; "
+                    f"its log ({self.log_path}) ends:\n{self.log_tail()}"
+                ) from None
+        finally:
+            self._sampler.join(5)
+            self._log.close()
+
+
+@contextmanager
+def running_daemon(root: Path, *, cores: int) -> Iterator[Daemon]:
+    daemon = Daemon(root, cores=cores, tcp_port=free_tcp_port())
+    try:
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        if daemon.proc.poll() is None:
+            with suppress(LoadError):
+                daemon.stop()
+        elif not daemon._log.closed:
+            daemon._log.close()
+
+
+@dataclass
+class Delivered:
+    files: int
+    events: int
+    compressed_bytes: int
+    uncompressed_bytes: int
+
+
+def read_delivered(bucket: Path) -> Delivered:
+    """Decompress every delivered ``.json.zst`` log file (all frames) and count its events."""
+    result = Delivered(0, 0, 0, 0)
+    decompressor = zstandard.ZstdDecompressor()
+    for path in sorted(bucket.rglob("*.json.zst")):
+        result.files += 1
+        result.compressed_bytes += path.stat().st_size
+        newlines = 0
+        with open(path, "rb") as raw, decompressor.stream_reader(raw, read_across_frames=True) as r:
+            while block := r.read(1 << 20):
+                result.uncompressed_bytes += len(block)
+                newlines += block.count(b"\n")
+        result.events += newlines - 2  # the '{"Records":[' and ']}' lines
+    return result
+
+
+# ---------------------------------------------------------------- the baselines
+
+
+def core_alone(
+    lines: Sequence[bytes], spool_dir: Path, batch_bytes: int = CORE_BATCH_BYTES
+) -> float:
+    """Events/s of ``Core.process`` + ``Core.sync`` on ``batch_bytes`` batches, in this process."""
+    from trailseal import _core
+
+    core = _core.Core(str(spool_dir), ["default"], account_id=ACCOUNT_ID, region=REGION)
+    data = [b"\n".join(group) + b"\n" for group in naive_pipeline.batches(lines, batch_bytes)]
+    accepted = 0
+    start = time.perf_counter()
+    for batch in data:
+        parts: list[tuple[int, str, str | None, int]] = [
+            (len(batch), "unix:uid=0,pid=0", None, int(time.time() * 1000))
+        ]
+        accepted += core.process(batch, parts).accepted
+        core.sync()
+    seconds = time.perf_counter() - start
+    if accepted != len(lines):
+        raise LoadError(f"the core accepted {accepted} of {len(lines)} events")
+    return len(lines) / seconds
+
+
+def core_available() -> bool:
+    try:
+        from trailseal import _core
+    except ImportError:
+        return False
+    return hasattr(_core, "Core")
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(
+    *,
+    events: int,
+    connections: int,
+    cores: int = 2,
+    tcp: bool = False,
+    seed: int = 1,
+    chunk_bytes: int = CHUNK_BYTES,
+    window_bytes: int = WINDOW_BYTES,
+    baselines: bool = True,
+    daemon: bool = True,
+    timeout: float = 600.0,
+    keep: Path | None = None,
+    lines: Sequence[bytes] | None = None,
+) -> dict[str, Any]:
+    """One benchmark run; returns the summary (what ``main`` prints as one JSON line)."""
+    from trailseal import synthetic
+
+    if cores == 1:
+        os.sched_setaffinity(0, {0})  # threads started from here on inherit it
+    if lines is None:
+        lines = synthetic.events(events, seed)
+    input_bytes = sum(len(line) + 1 for line in lines)
+    summary: dict[str, Any] = {
+        "events": len(lines),
+        "connections": connections,
+        "cores": cores,
+        "transport": "tcp" if tcp else "unix",
+    }
+    root = Path(tempfile.mkdtemp(prefix="tsb-", dir=keep))
+    try:
+        if daemon:
+            (root / "e2e").mkdir()
+            with running_daemon(root / "e2e", cores=cores) as d:
+                pushed = push(
+                    d.connect_tcp if tcp else d.connect_unix,
+                    split_connections(lines, connections),
+                    chunk_bytes=chunk_bytes,
+                    window_bytes=window_bytes,
+                    timeout=timeout,
+                )
+                if pushed.failures:
+                    raise LoadError(
+                        "; ".join(pushed.failures)
+                        + f"\nthe daemon's log ({d.log_path}) ends:\n{d.log_tail()}"
+                    )
+                rss_before_stop = read_vm_hwm_kib(d.proc.pid) or 0
+                status = d.stop()
+            delivered = read_delivered(d.bucket)
+            summary.update(
+                seconds=round(pushed.seconds, 3),
+                events_per_s=round(len(lines) / pushed.seconds),
+                mb_per_s=round(input_bytes / pushed.seconds / 1e6, 1),
+                loadgen_cpu_s=round(pushed.cpu_seconds, 2),
+                ack_p50_ms=round(percentile(pushed.latencies, 50) * 1000, 2),
+                ack_p99_ms=round(percentile(pushed.latencies, 99) * 1000, 2),
+                peak_rss_mb=round(max(d.peak_rss_kib, rss_before_stop) / 1024, 1),
+                compression_ratio=(
+                    round(delivered.uncompressed_bytes / delivered.compressed_bytes, 2)
+                    if delivered.compressed_bytes
+                    else None
+                ),
+                errors=len(pushed.errors),
+                delivered_files=delivered.files,
+                delivered_events=delivered.events,
+                daemon_exit=status,
+                ok=(
+                    status == 0
+                    and not pushed.errors
+                    and pushed.acked == len(lines)
+                    and delivered.events == len(lines)
+                ),
+            )
+        if baselines:
+            naive = naive_pipeline.run(lines, root / "naive.json.zst")
+            summary["naive_events_per_s"] = round(naive.events_per_s)
+            if core_available():
+                summary["core_events_per_s"] = round(core_alone(lines, root / "core-spool"))
+            if "events_per_s" in summary:
+                summary["e2e_over_naive"] = round(
+                    summary["events_per_s"] / summary["naive_events_per_s"], 2
+                )
+                if "core_events_per_s" in summary:
+                    summary["e2e_over_core"] = round(
+                        summary["events_per_s"] / summary["core_events_per_s"], 2
+                    )
+    finally:
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Drive the real trailseal daemon with synthetic events; print one JSON line."
+    )
+    parser.add_argument("--events", type=int, default=200_000, help="events to send (200000)")
+    parser.add_argument("--connections", type=int, default=4, help="client connections (4)")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="1: pin the daemon and the load generator to CPU 0; 2: no pinning (default)",
+    )
+    parser.add_argument("--tcp", action="store_true", help="use TCP, not the unix socket")
+    parser.add_argument(
+        "--naive", action="store_true", help="run only the in-process baselines, no daemon"
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the naive pipeline and core-alone runs"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="synthetic events seed (1)")
+    parser.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES, help="bytes per send")
+    parser.add_argument(
+        "--window-bytes",
+        type=int,
+        default=WINDOW_BYTES,
+        help="max unacknowledged bytes per connection (8 MiB)",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many s")
+    parser.add_argument(
+        "--keep", type=Path, help="make the run's directory under this one and keep it"
+    )
+    args = parser.parse_args(argv)
+    try:
+        summary = run(
+            events=args.events,
+            connections=args.connections,
+            cores=args.cores,
+            tcp=args.tcp,
+            seed=args.seed,
+            chunk_bytes=args.chunk_bytes,
+            window_bytes=args.window_bytes,
+            baselines=not args.no_baselines,
+            daemon=not args.naive,
+            timeout=args.timeout,
+            keep=args.keep,
+        )
+    except LoadError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    return 0 if summary.get("ok", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
