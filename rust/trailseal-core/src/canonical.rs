@@ -2,6 +2,40 @@
 //!
 //! CONTRACT (used by `event` and `verify`): `canonicalize` turns one JSON text into its canonical
 //! bytes, or says what is wrong and where.
+//!
+//! Invariants of the canonical form (RFC 8785 §3.2):
+//! - no whitespace; object members sorted by the UTF-16 code units of their names;
+//! - strings escape only `"`, `\` and U+0000..U+001F (`\b \t \n \f \r`, else `\u00xx` lower-case);
+//!   everything else, U+2028/U+2029 and all non-ASCII included, is literal UTF-8;
+//! - numbers as ES6 `Number.prototype.toString` (`ryu-js`), `-0` as `0`; literals as they are.
+//!
+//! The input must be I-JSON (RFC 7493): valid UTF-8, no lone surrogate escape, no duplicate member
+//! name (compared after unescaping), nesting ≤ [`MAX_DEPTH`]; an integer literal (no fraction, no
+//! exponent) beyond ±2^53 or a number that overflows a double is refused with the path of the value,
+//! because a double cannot carry it exactly. Fractions and exponents are read as the nearest double.
+//!
+//! Parser: `jiter` (pydantic's JSON iterator). Its iterator API hands out the raw bytes of every
+//! number (so integer literals can be told from fractions and checked before any rounding), decodes
+//! strings into a reusable tape, validates UTF-8 in strings and keys, and refuses lone surrogate
+//! escapes, raw control characters and bad escapes (all checked by this module's tests). It does not
+//! detect duplicate member names and its nesting limit is not ours, so both are checked here.
+//! serde_json would need a custom visitor plus a second pass for the same information.
+//!
+//! Shape: one pass of `jiter` builds a compact tree ([`Document`]): flat node and member arrays
+//! whose strings point into the input (or into an arena when they had escapes). Each object's
+//! members are sorted and checked for duplicates when the object closes, so writing the canonical
+//! bytes afterwards cannot fail and allocates nothing. The buffers live in a per-thread [`Scratch`]
+//! reused across calls.
+
+use std::cell::RefCell;
+use std::cmp::Ordering;
+
+use jiter::{Jiter, JiterError, JiterErrorType, JsonErrorType, Peek};
+
+/// Deepest nesting of arrays and objects accepted (the top-level container is level 1).
+pub const MAX_DEPTH: usize = 64;
+/// Largest integer magnitude a double holds exactly together with all its neighbours (2^53).
+pub const MAX_SAFE_INTEGER: u64 = 1 << 53;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CanonError {
@@ -15,6 +49,924 @@ pub enum CanonError {
 
 /// Canonical bytes of one JSON text (any value).
 pub fn canonicalize(input: &[u8]) -> Result<Vec<u8>, CanonError> {
-    let _ = input;
-    Err(CanonError::InvalidJson("not implemented yet".into()))
+    let mut out = Vec::with_capacity(input.len());
+    canonicalize_into(input, &mut out)?;
+    Ok(out)
+}
+
+/// Append the canonical bytes of one JSON text to `out`; on error `out` is left as it was.
+pub fn canonicalize_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), CanonError> {
+    with_scratch(|scratch| {
+        let doc = Document::parse(input, scratch)?;
+        doc.write_value(doc.root(), out);
+        Ok(())
+    })
+}
+
+/// Run `f` with this thread's reusable parse buffers (a fresh set if they are already in use).
+pub fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    thread_local! {
+        static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Reusable buffers of a parse: keeping one per thread makes parsing allocation-free in the
+/// steady state.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    nodes: Vec<Node>,
+    members: Vec<Member>,
+    pending: Vec<Member>,
+    arena: Vec<u8>,
+    tape: Vec<u8>,
+}
+
+/// Index of a value in a [`Document`].
+pub type NodeId = usize;
+
+/// Where a string's bytes live: in the input (no escapes) or in the arena (decoded escapes, or a
+/// number's canonical text).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+    in_arena: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Node {
+    Null,
+    True,
+    False,
+    /// Canonical text of the number.
+    Number(Span),
+    /// Decoded (unescaped) UTF-8.
+    String(Span),
+    /// Elements follow the node in pre-order; `end` is the index after the last node of the array.
+    Array {
+        len: u32,
+        end: u32,
+    },
+    /// Members are `members[first..first + len]`, sorted by name.
+    Object {
+        first: u32,
+        len: u32,
+        end: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    key: Span,
+    value: u32,
+}
+
+/// The JSON type of a value, for validation messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Null => "null",
+            Kind::Bool => "boolean",
+            Kind::Number => "number",
+            Kind::String => "string",
+            Kind::Array => "array",
+            Kind::Object => "object",
+        }
+    }
+}
+
+/// A value to write as an extra member of an object (see [`Document::write_object_merged`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Extra<'x> {
+    Null,
+    Bool(bool),
+    /// A string, escaped on output.
+    Str(&'x str),
+    /// Bytes that already are canonical JSON.
+    Raw(&'x [u8]),
+}
+
+/// A parsed, checked JSON text whose canonical bytes can be written.
+#[derive(Debug)]
+pub struct Document<'a, 's> {
+    input: &'a [u8],
+    s: &'s Scratch,
+}
+
+impl<'a, 's> Document<'a, 's> {
+    /// Parse and check `input` (one JSON text, surrounding whitespace allowed) into `scratch`.
+    pub fn parse(input: &'a [u8], scratch: &'s mut Scratch) -> Result<Self, CanonError> {
+        if input.len() > (u32::MAX / 2) as usize {
+            return Err(CanonError::InvalidJson(format!(
+                "JSON text of {} bytes is too large to canonicalize",
+                input.len()
+            )));
+        }
+        scratch.nodes.clear();
+        scratch.members.clear();
+        scratch.pending.clear();
+        scratch.arena.clear();
+        let tape = std::mem::take(&mut scratch.tape);
+        let mut parser = Parser {
+            input,
+            jiter: Jiter::with_tape(input, tape),
+            nodes: &mut scratch.nodes,
+            members: &mut scratch.members,
+            pending: &mut scratch.pending,
+            arena: &mut scratch.arena,
+        };
+        let result = parser.parse_document();
+        scratch.tape = parser.jiter.into_tape();
+        result?;
+        Ok(Document { input, s: scratch })
+    }
+
+    /// The top-level value.
+    pub fn root(&self) -> NodeId {
+        0
+    }
+
+    pub fn kind(&self, id: NodeId) -> Kind {
+        match self.s.nodes[id] {
+            Node::Null => Kind::Null,
+            Node::True | Node::False => Kind::Bool,
+            Node::Number(_) => Kind::Number,
+            Node::String(_) => Kind::String,
+            Node::Array { .. } => Kind::Array,
+            Node::Object { .. } => Kind::Object,
+        }
+    }
+
+    /// The decoded bytes (valid UTF-8) of a string value, else None.
+    pub fn as_str_bytes(&self, id: NodeId) -> Option<&[u8]> {
+        match self.s.nodes[id] {
+            Node::String(span) => Some(self.span(span)),
+            _ => None,
+        }
+    }
+
+    /// The decoded text of a string value, else None.
+    pub fn as_str(&self, id: NodeId) -> Option<&str> {
+        self.as_str_bytes(id)
+            .and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    pub fn as_bool(&self, id: NodeId) -> Option<bool> {
+        match self.s.nodes[id] {
+            Node::True => Some(true),
+            Node::False => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The members of an object value, sorted by name (empty for other values).
+    pub fn members(&self, id: NodeId) -> impl Iterator<Item = (&[u8], NodeId)> + '_ {
+        let slice: &[Member] = match self.s.nodes[id] {
+            Node::Object { first, len, .. } => {
+                &self.s.members[first as usize..(first + len) as usize]
+            }
+            _ => &[],
+        };
+        slice.iter().map(|m| (self.span(m.key), m.value as usize))
+    }
+
+    /// The elements of an array value (empty for other values).
+    pub fn elements(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        let len = match self.s.nodes[id] {
+            Node::Array { len, .. } => len,
+            _ => 0,
+        };
+        let mut next = id + 1;
+        (0..len).map(move |_| {
+            let this = next;
+            next = self.end(this);
+            this
+        })
+    }
+
+    /// The value of member `name` of an object value.
+    pub fn get(&self, id: NodeId, name: &str) -> Option<NodeId> {
+        self.members(id)
+            .find(|(k, _)| *k == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    /// Append the canonical bytes of a value.
+    pub fn write_value(&self, id: NodeId, out: &mut Vec<u8>) {
+        match self.s.nodes[id] {
+            Node::Null => out.extend_from_slice(b"null"),
+            Node::True => out.extend_from_slice(b"true"),
+            Node::False => out.extend_from_slice(b"false"),
+            Node::Number(span) => out.extend_from_slice(self.span(span)),
+            Node::String(span) => write_string(out, self.span(span)),
+            Node::Array { len, .. } => {
+                out.push(b'[');
+                let mut child = id + 1;
+                for i in 0..len {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.write_value(child, out);
+                    child = self.end(child);
+                }
+                out.push(b']');
+            }
+            Node::Object { first, len, .. } => {
+                out.push(b'{');
+                for (i, m) in self.s.members[first as usize..(first + len) as usize]
+                    .iter()
+                    .enumerate()
+                {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_string(out, self.span(m.key));
+                    out.push(b':');
+                    self.write_value(m.value as usize, out);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+
+    /// Append the canonical bytes of the object `id` without the members named in `skip` and with
+    /// the `extras` added. `extras` must not repeat a kept member's name (nor one another's).
+    pub fn write_object_merged(
+        &self,
+        id: NodeId,
+        skip: &[&str],
+        extras: &mut [(&str, Extra<'_>)],
+        out: &mut Vec<u8>,
+    ) {
+        extras.sort_unstable_by(|a, b| cmp_utf16(a.0.as_bytes(), b.0.as_bytes()));
+        out.push(b'{');
+        let mut first = true;
+        let mut comma = |out: &mut Vec<u8>| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+        };
+        let mut extra = extras.iter().peekable();
+        for (key, value) in self.members(id) {
+            if skip.iter().any(|s| s.as_bytes() == key) {
+                continue;
+            }
+            while let Some((name, v)) = extra.next_if(|(n, _)| cmp_utf16(n.as_bytes(), key).is_lt())
+            {
+                comma(out);
+                write_extra(out, name, *v);
+            }
+            comma(out);
+            write_string(out, key);
+            out.push(b':');
+            self.write_value(value, out);
+        }
+        for (name, v) in extra {
+            comma(out);
+            write_extra(out, name, *v);
+        }
+        out.push(b'}');
+    }
+
+    fn span(&self, span: Span) -> &[u8] {
+        let range = span.start as usize..(span.start + span.len) as usize;
+        if span.in_arena {
+            &self.s.arena[range]
+        } else {
+            &self.input[range]
+        }
+    }
+
+    /// Index after the last node of the value `id`.
+    fn end(&self, id: NodeId) -> NodeId {
+        match self.s.nodes[id] {
+            Node::Array { end, .. } | Node::Object { end, .. } => end as usize,
+            _ => id + 1,
+        }
+    }
+}
+
+fn write_extra(out: &mut Vec<u8>, name: &str, value: Extra<'_>) {
+    write_string(out, name.as_bytes());
+    out.push(b':');
+    match value {
+        Extra::Null => out.extend_from_slice(b"null"),
+        Extra::Bool(true) => out.extend_from_slice(b"true"),
+        Extra::Bool(false) => out.extend_from_slice(b"false"),
+        Extra::Str(s) => write_string(out, s.as_bytes()),
+        Extra::Raw(raw) => out.extend_from_slice(raw),
+    }
+}
+
+/// Append `s` (valid UTF-8) as a JCS string literal.
+pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        start = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x09 => out.extend_from_slice(b"\\t"),
+            0x0a => out.extend_from_slice(b"\\n"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x0d => out.extend_from_slice(b"\\r"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]),
+        }
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+/// Append the ES6 `Number.prototype.toString` form of a finite double (`-0` is written `0`).
+pub fn write_number(out: &mut Vec<u8>, value: f64) {
+    let mut buf = ryu_js::Buffer::new();
+    out.extend_from_slice(buf.format_finite(value).as_bytes());
+}
+
+/// Order of two UTF-8 strings by their UTF-16 code units (RFC 8785 §3.2.3).
+///
+/// UTF-8 byte order is code point order, which is UTF-16 order except that a supplementary
+/// character (UTF-8 lead byte 0xF0..0xF4, a surrogate pair 0xD800.. in UTF-16) sorts before
+/// U+E000..U+FFFF (lead bytes 0xEE, 0xEF) in UTF-16. Both strings agree up to the first differing
+/// byte, so that byte is a lead byte in both or a continuation byte in both; only the lead-byte
+/// case needs the adjustment.
+pub fn cmp_utf16(a: &[u8], b: &[u8]) -> Ordering {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        None => a.len().cmp(&b.len()),
+        Some(i) => utf16_rank(a[i]).cmp(&utf16_rank(b[i])),
+    }
+}
+
+fn utf16_rank(byte: u8) -> u32 {
+    match byte {
+        // between 0xED (U+D000..U+D7FF) and 0xEE (U+E000..)
+        0xF0..=0xF7 => 0xED * 16 + 1 + u32::from(byte - 0xF0),
+        _ => u32::from(byte) * 16,
+    }
+}
+
+/// A path to a value, as a chain of stack frames (materialized only for error messages).
+#[derive(Clone, Copy)]
+enum Seg<'p> {
+    Root,
+    Key(&'p Seg<'p>, Span),
+    Index(&'p Seg<'p>, u32),
+}
+
+struct Parser<'a, 'x> {
+    input: &'a [u8],
+    jiter: Jiter<'a>,
+    nodes: &'x mut Vec<Node>,
+    members: &'x mut Vec<Member>,
+    pending: &'x mut Vec<Member>,
+    arena: &'x mut Vec<u8>,
+}
+
+impl Parser<'_, '_> {
+    fn parse_document(&mut self) -> Result<(), CanonError> {
+        let peek = self.jiter.peek().map_err(json_error)?;
+        self.parse_value(peek, 0, &Seg::Root)?;
+        self.jiter.finish().map_err(json_error)
+    }
+
+    fn push(&mut self, node: Node) -> Result<usize, CanonError> {
+        let id = self.nodes.len();
+        if id >= u32::MAX as usize {
+            return Err(CanonError::InvalidJson("too many JSON values".into()));
+        }
+        self.nodes.push(node);
+        Ok(id)
+    }
+
+    fn parse_value(&mut self, peek: Peek, depth: usize, path: &Seg<'_>) -> Result<(), CanonError> {
+        match peek {
+            Peek::Null => {
+                self.jiter.known_null().map_err(json_error)?;
+                self.push(Node::Null)?;
+            }
+            Peek::True | Peek::False => {
+                let b = self.jiter.known_bool(peek).map_err(json_error)?;
+                self.push(if b { Node::True } else { Node::False })?;
+            }
+            Peek::String => {
+                let s = self.jiter.known_str().map_err(json_error)?;
+                let span = intern(self.input, self.arena, s.as_bytes());
+                self.push(Node::String(span))?;
+            }
+            Peek::Array => {
+                self.check_depth(depth, path)?;
+                let id = self.push(Node::Array { len: 0, end: 0 })?;
+                let mut len: u32 = 0;
+                let mut next = self.jiter.known_array().map_err(json_error)?;
+                while let Some(p) = next {
+                    self.parse_value(p, depth + 1, &Seg::Index(path, len))?;
+                    len += 1;
+                    next = self.jiter.array_step().map_err(json_error)?;
+                }
+                self.nodes[id] = Node::Array {
+                    len,
+                    end: self.nodes.len() as u32,
+                };
+            }
+            Peek::Object => {
+                self.check_depth(depth, path)?;
+                let id = self.push(Node::Object {
+                    first: 0,
+                    len: 0,
+                    end: 0,
+                })?;
+                let base = self.pending.len();
+                let mut key = self
+                    .jiter
+                    .known_object()
+                    .map_err(json_error)?
+                    .map(|k| k.as_bytes());
+                while let Some(k) = key {
+                    let key_span = intern(self.input, self.arena, k);
+                    let value = self.nodes.len() as u32;
+                    let p = self.jiter.peek().map_err(json_error)?;
+                    self.parse_value(p, depth + 1, &Seg::Key(path, key_span))?;
+                    self.pending.push(Member {
+                        key: key_span,
+                        value,
+                    });
+                    key = self
+                        .jiter
+                        .next_key()
+                        .map_err(json_error)?
+                        .map(|k| k.as_bytes());
+                }
+                let (input, arena) = (self.input, &*self.arena);
+                let resolve = |s: Span| {
+                    let r = s.start as usize..(s.start + s.len) as usize;
+                    if s.in_arena {
+                        &arena[r]
+                    } else {
+                        &input[r]
+                    }
+                };
+                let mine = &mut self.pending[base..];
+                mine.sort_unstable_by(|a, b| cmp_utf16(resolve(a.key), resolve(b.key)));
+                if let Some(w) = mine
+                    .windows(2)
+                    .find(|w| resolve(w[0].key) == resolve(w[1].key))
+                {
+                    let name = String::from_utf8_lossy(resolve(w[0].key)).into_owned();
+                    let where_ = match path {
+                        Seg::Root => "the top-level object".to_string(),
+                        _ => format!("object {}", self.path_string(path)),
+                    };
+                    return Err(CanonError::InvalidJson(format!(
+                        "duplicate member name \"{}\" in {where_} (I-JSON forbids duplicates)",
+                        clip(&name)
+                    )));
+                }
+                let first = self.members.len() as u32;
+                let len = (self.pending.len() - base) as u32;
+                self.members.extend_from_slice(&self.pending[base..]);
+                self.pending.truncate(base);
+                self.nodes[id] = Node::Object {
+                    first,
+                    len,
+                    end: self.nodes.len() as u32,
+                };
+            }
+            _ if peek.is_num() => {
+                let raw = self.jiter.known_number_bytes(peek).map_err(json_error)?;
+                let node = number(self.input, self.arena, raw).map_err(|message| {
+                    CanonError::InvalidNumber {
+                        path: self.path_string(path),
+                        message,
+                    }
+                })?;
+                self.push(node)?;
+            }
+            _ => {
+                return Err(CanonError::InvalidJson(format!(
+                    "invalid JSON at byte {}: expected a value",
+                    self.jiter.current_index()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn check_depth(&self, depth: usize, path: &Seg<'_>) -> Result<(), CanonError> {
+        if depth >= MAX_DEPTH {
+            return Err(CanonError::InvalidJson(format!(
+                "nesting deeper than {MAX_DEPTH} levels at byte {} ({})",
+                self.jiter.current_index(),
+                self.path_string(path)
+            )));
+        }
+        Ok(())
+    }
+
+    /// `a.b[3].c` for a path; `(top level)` for the root.
+    fn path_string(&self, path: &Seg<'_>) -> String {
+        let mut segs = Vec::new();
+        let mut at = path;
+        loop {
+            match at {
+                Seg::Root => break,
+                Seg::Key(parent, span) => {
+                    segs.push(Err(*span));
+                    at = parent;
+                }
+                Seg::Index(parent, i) => {
+                    segs.push(Ok(*i));
+                    at = parent;
+                }
+            }
+        }
+        if segs.is_empty() {
+            return "(top level)".into();
+        }
+        let mut out = String::new();
+        for seg in segs.iter().rev() {
+            match seg {
+                Ok(i) => out.push_str(&format!("[{i}]")),
+                Err(span) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    let r = span.start as usize..(span.start + span.len) as usize;
+                    let bytes = if span.in_arena {
+                        &self.arena[r]
+                    } else {
+                        &self.input[r]
+                    };
+                    out.push_str(&clip(&String::from_utf8_lossy(bytes)));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A string for a message: at most 64 characters.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The span of `s`: inside the input when it points there (jiter returns unescaped strings as
+/// slices of the input), else a copy in the arena.
+fn intern(input: &[u8], arena: &mut Vec<u8>, s: &[u8]) -> Span {
+    let base = input.as_ptr() as usize;
+    let p = s.as_ptr() as usize;
+    if p >= base && p + s.len() <= base + input.len() {
+        Span {
+            start: (p - base) as u32,
+            len: s.len() as u32,
+            in_arena: false,
+        }
+    } else {
+        let start = arena.len() as u32;
+        arena.extend_from_slice(s);
+        Span {
+            start,
+            len: s.len() as u32,
+            in_arena: true,
+        }
+    }
+}
+
+/// The node of a number literal `raw` (a slice of `input` already checked to be JSON syntax by
+/// jiter); Err is the message for an `InvalidNumber`.
+fn number(input: &[u8], arena: &mut Vec<u8>, raw: &[u8]) -> Result<Node, String> {
+    let is_integer = !raw.iter().any(|b| matches!(b, b'.' | b'e' | b'E'));
+    if is_integer {
+        let digits = raw.strip_prefix(b"-").unwrap_or(raw);
+        let magnitude = if digits.len() > 16 {
+            None
+        } else {
+            Some(
+                digits
+                    .iter()
+                    .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+            )
+        };
+        match magnitude {
+            Some(m) if m <= MAX_SAFE_INTEGER => {
+                if m == 0 && raw.len() != 1 {
+                    // `-0`
+                    let at = arena.len() as u32;
+                    arena.push(b'0');
+                    return Ok(Node::Number(Span {
+                        start: at,
+                        len: 1,
+                        in_arena: true,
+                    }));
+                }
+                // An integer literal of at most 2^53 is its own ES6 form (no leading zeros in
+                // JSON, < 1e21). Point at it where it stands in the input.
+                return Ok(Node::Number(intern(input, arena, raw)));
+            }
+            _ => {
+                return Err(format!(
+                    "integer {} is beyond ±2^53 and cannot be stored exactly as a JSON number; \
+                     send it as a string",
+                    clip(&String::from_utf8_lossy(raw))
+                ))
+            }
+        }
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| "number is not ASCII".to_string())?;
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("cannot read number {}", clip(text)))?;
+    if !value.is_finite() {
+        return Err(format!(
+            "number {} overflows a double; send it as a string",
+            clip(text)
+        ));
+    }
+    let at = arena.len() as u32;
+    write_number(arena, value);
+    Ok(Node::Number(Span {
+        start: at,
+        len: arena.len() as u32 - at,
+        in_arena: true,
+    }))
+}
+
+/// The message of a syntax or encoding error reported by jiter.
+fn json_error(e: JiterError) -> CanonError {
+    let what = match &e.error_type {
+        JiterErrorType::JsonError(t) => match t {
+            JsonErrorType::InvalidUnicodeCodePoint => "invalid UTF-8 in a string".to_string(),
+            JsonErrorType::LoneLeadingSurrogateInHexEscape
+            | JsonErrorType::UnexpectedEndOfHexEscape => {
+                "lone surrogate escape (\\ud800-\\udfff must form a pair; I-JSON forbids it)"
+                    .to_string()
+            }
+            JsonErrorType::ControlCharacterWhileParsingString => {
+                "raw control character in a string (escape it)".to_string()
+            }
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    };
+    CanonError::InvalidJson(format!("invalid JSON at byte {}: {what}", e.index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(s: &str) -> String {
+        match canonicalize(s.as_bytes()) {
+            Ok(v) => String::from_utf8(v).expect("canonical output is UTF-8"),
+            Err(e) => panic!("{s:?}: {e}"),
+        }
+    }
+
+    fn err(input: &[u8]) -> CanonError {
+        canonicalize(input).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn basics() {
+        assert_eq!(
+            canon(" {\"b\": 1, \"a\": [true, false, null]} \n"),
+            r#"{"a":[true,false,null],"b":1}"#
+        );
+        assert_eq!(canon("-0"), "0");
+        assert_eq!(canon("-0.0"), "0");
+        assert_eq!(canon("1.0"), "1");
+        assert_eq!(canon("1e2"), "100");
+        assert_eq!(canon("1E-7"), "1e-7");
+        assert_eq!(
+            canon("\"\\u2028\\u00e9\\u001f\\/\""),
+            "\"\u{2028}é\\u001f/\""
+        );
+        assert_eq!(canon("[]"), "[]");
+        assert_eq!(canon("{}"), "{}");
+        assert_eq!(canon("9007199254740992"), "9007199254740992");
+        assert_eq!(canon("-9007199254740992"), "-9007199254740992");
+        assert_eq!(canon("9007199254740993.0"), "9007199254740992");
+    }
+
+    #[test]
+    fn utf16_order_of_supplementary_vs_private_use() {
+        // U+1F600 (surrogates D83D DE00) sorts before U+E000 in UTF-16, after it in UTF-8.
+        assert_eq!(
+            canon("{\"\u{e000}\":1,\"\u{1f600}\":2}"),
+            "{\"\u{1f600}\":2,\"\u{e000}\":1}"
+        );
+        let samples = [
+            "",
+            "a",
+            "ab",
+            "é",
+            "\u{7ff}",
+            "\u{d7ff}",
+            "\u{e000}",
+            "\u{ffff}",
+            "\u{10000}",
+            "\u{1f600}",
+            "\u{10ffff}",
+            "a\u{10000}",
+            "a\u{fb33}",
+        ];
+        for a in samples {
+            for b in samples {
+                let want = a.encode_utf16().cmp(b.encode_utf16());
+                assert_eq!(
+                    cmp_utf16(a.as_bytes(), b.as_bytes()),
+                    want,
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_utf8() {
+        assert!(matches!(err(b"\"\xff\""), CanonError::InvalidJson(m) if m.contains("UTF-8")));
+        assert!(
+            matches!(err(b"{\"\xc3\x28\":1}"), CanonError::InvalidJson(m) if m.contains("UTF-8"))
+        );
+        assert!(matches!(err(b"[1] \xff"), CanonError::InvalidJson(_)));
+        // overlong encoding and an encoded surrogate are not UTF-8
+        assert!(matches!(err(b"\"\xc0\xaf\""), CanonError::InvalidJson(_)));
+        assert!(matches!(
+            err(b"\"\xed\xa0\x80\""),
+            CanonError::InvalidJson(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_lone_surrogates() {
+        for s in [
+            r#""\ud800""#,
+            r#""\ud800x""#,
+            r#""\ud800\u0041""#,
+            r#""\udc00""#,
+            r#"{"\udfff":1}"#,
+            r#""a\ud83d""#,
+        ] {
+            match err(s.as_bytes()) {
+                CanonError::InvalidJson(m) => assert!(m.contains("surrogate"), "{s}: {m}"),
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        assert_eq!(canon(r#""\ud83d\ude02""#), "\"😂\"");
+    }
+
+    #[test]
+    fn rejects_duplicates_after_unescaping() {
+        match err(br#"{"a":{"x":1,"\u0078":2}}"#) {
+            CanonError::InvalidJson(m) => {
+                assert!(m.contains("duplicate member name \"x\""), "{m}");
+                assert!(m.contains("object a"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match err(br#"{"k":1,"k":1}"#) {
+            CanonError::InvalidJson(m) => assert!(m.contains("top-level"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nesting_limit() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(canon(&ok), ok);
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(
+            matches!(err(deep.as_bytes()), CanonError::InvalidJson(m) if m.contains("nesting"))
+        );
+        let deep_obj = format!(
+            "{}1{}",
+            "{\"a\":".repeat(MAX_DEPTH + 1),
+            "}".repeat(MAX_DEPTH + 1)
+        );
+        assert!(
+            matches!(err(deep_obj.as_bytes()), CanonError::InvalidJson(m) if m.contains("nesting"))
+        );
+    }
+
+    #[test]
+    fn big_integers_name_their_path() {
+        match err(br#"{"requestParameters":{"items":[{},{},{},{"size":9007199254740993}]}}"#) {
+            CanonError::InvalidNumber { path, message } => {
+                assert_eq!(path, "requestParameters.items[3].size");
+                assert!(message.contains("as a string"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(err(b"-9007199254740993"), CanonError::InvalidNumber { path, .. } if path == "(top level)")
+        );
+        assert!(
+            matches!(err(b"[123456789012345678901234567890]"), CanonError::InvalidNumber { path, .. } if path == "[0]")
+        );
+        match err(br#"{"a":1e400}"#) {
+            CanonError::InvalidNumber { path, message } => {
+                assert_eq!(path, "a");
+                assert!(message.contains("overflows"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(err(b"-1e400"), CanonError::InvalidNumber { .. }));
+        assert_eq!(canon("1e-400"), "0");
+    }
+
+    #[test]
+    fn rejects_syntax_errors() {
+        for s in [
+            "",
+            " ",
+            "{",
+            "[1,]",
+            "{\"a\":1,}",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "NaN",
+            "Infinity",
+            "-",
+            "\"\t\"",
+            "'a'",
+            "{a:1}",
+            "[1] [2]",
+            "tru",
+            "\"\\x\"",
+            "\u{feff}{}",
+        ] {
+            assert!(
+                matches!(err(s.as_bytes()), CanonError::InvalidJson(_)),
+                "{s:?} accepted"
+            );
+        }
+        match err(b"{\"a\":1 \"b\":2}") {
+            CanonError::InvalidJson(m) => assert!(m.contains("byte 7"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn idempotent() {
+        for s in [
+            r#"{"z":[1.5e300,-0.0,{"b":"\u00e9\n","a":null}],"\u20ac":"x","aa":"\"\\"}"#,
+            "[\"\u{2028}\",\"\\u0000\\u007f\",1e21,1e-7,123456789.123456789]",
+        ] {
+            let once = canon(s);
+            assert_eq!(canon(&once), once);
+        }
+    }
+
+    #[test]
+    fn merged_writer_inserts_in_order() {
+        with_scratch(|s| {
+            let doc = Document::parse(br#"{"b":1,"d":2,"receipt":3}"#, s).expect("valid");
+            let mut out = Vec::new();
+            let mut extras = [
+                ("e", Extra::Bool(true)),
+                ("a", Extra::Str("x\"")),
+                ("c", Extra::Null),
+                ("receipt", Extra::Raw(b"{}")),
+            ];
+            doc.write_object_merged(doc.root(), &["receipt"], &mut extras, &mut out);
+            assert_eq!(
+                out,
+                br#"{"a":"x\"","b":1,"c":null,"d":2,"e":true,"receipt":{}}"#
+            );
+        });
+    }
 }
