@@ -21,6 +21,10 @@ pub type Result<T> = std::result::Result<T, CoreError>;
 
 impl CoreError {
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io { op, path: path.into(), source }
+        CoreError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -1,1 +1,557 @@
-//! segment: see lib.rs.
+//! Open segments: append-only files of zstd frames that become log files (FORMATS.md §4).
+//!
+//! On-disk layout (under `<spool_dir>/<trail>/open/`):
+//! - `<name>.seg.json`: `{"trail","account","region","seq","chain_start","opened_at_ms"}`, written
+//!   atomically (tmp, fsync, rename, fsync dir) *before* `<name>.seg` is created;
+//! - `<name>.seg`: concatenated zstd frames (each with content size and checksum). Decoded and
+//!   concatenated they are a prefix of the log document
+//!   `{"Records":[\n` event (`,\n` event)* `\n]}\n`: the first frame starts with the header, each
+//!   later batch's frame holds `,\n`-prefixed events, and sealing appends the closing frame
+//!   `\n]}\n` (so a segment whose content ends with it was closed).
+//!
+//! `<name>` is `<seq:012>-<account>-<region>` (region escaped to be a safe file name).
+//! Invariants: every whole frame was written by one `append`; a torn tail (crash mid-write) is an
+//! incomplete or undecodable last frame, and recovery truncates the file to the last whole frame.
+//! Canonical events hold no raw newline, so the content splits into events on `\n`.
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::chain::{self, ChainValue};
+use crate::error::{CoreError, Result};
+
+pub const HEADER: &[u8] = b"{\"Records\":[\n";
+pub const SEPARATOR: &[u8] = b",\n";
+pub const FOOTER: &[u8] = b"\n]}\n";
+
+// ---------------------------------------------------------------------------------------------
+// small file-system helpers
+
+/// fsync a directory (so that creations, renames and removals in it are durable).
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CoreError::io("fsync directory", dir, e))
+}
+
+/// Replace `path` atomically with `bytes`: write `<path>.tmp`, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(|e| CoreError::io("create", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| CoreError::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| CoreError::io("fsync", &tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::io("rename into place", path, e))?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// A file-name-safe form of an account or region: `[A-Za-z0-9._-]` kept, other bytes `%XX`;
+/// long names are shortened with a hash suffix.
+pub fn file_name_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.len() > 64 {
+        let digest = Sha256::digest(s.as_bytes());
+        out.truncate(40);
+        out.push('~');
+        out.push_str(&hex::encode(&digest[..8]));
+    }
+    out
+}
+
+/// `<seq:012>-<account>-<region>`.
+pub fn segment_name(seq: u64, account: &str, region: &str) -> String {
+    format!(
+        "{seq:012}-{}-{}",
+        file_name_part(account),
+        file_name_part(region)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// event times
+
+const TIME_FORMAT: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+const RECEIPT_FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of epoch seconds.
+pub fn format_time(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(TIME_FORMAT).ok())
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of epoch milliseconds.
+pub fn format_time_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(RECEIPT_FORMAT).ok())
+        .unwrap_or_else(|| format!("@{ms}ms"))
+}
+
+/// Epoch seconds of a stored eventTime `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn parse_time(text: &str) -> Option<i64> {
+    time::PrimitiveDateTime::parse(text, TIME_FORMAT)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
+// ---------------------------------------------------------------------------------------------
+// content: the log document and its events
+
+/// The events of a (possibly unfinished) log document, and whether it was closed.
+#[derive(Debug)]
+pub struct Split<'a> {
+    pub events: Vec<&'a [u8]>,
+    pub closed: bool,
+}
+
+/// Split content that is a prefix of a log document (ending after an event, or closed) into its
+/// events. Errors say what is wrong with the layout.
+pub fn split_events(content: &[u8]) -> std::result::Result<Split<'_>, String> {
+    if !content.starts_with(HEADER) {
+        return Err("content does not start with {\"Records\":[ and a newline".into());
+    }
+    let closed = content.len() >= HEADER.len() + FOOTER.len() - 1 && content.ends_with(FOOTER);
+    if content == b"{\"Records\":[\n]}\n" {
+        return Ok(Split {
+            events: Vec::new(),
+            closed: true,
+        });
+    }
+    let body_end = if closed {
+        content.len() - FOOTER.len()
+    } else {
+        content.len()
+    };
+    if body_end < HEADER.len() {
+        return Err("content is shorter than its header".into());
+    }
+    let body = &content[HEADER.len()..body_end];
+    if body.is_empty() {
+        return Ok(Split {
+            events: Vec::new(),
+            closed,
+        });
+    }
+    let pieces: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    let last = pieces.len() - 1;
+    let mut events = Vec::with_capacity(pieces.len());
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let ev = if i < last {
+            match piece.strip_suffix(b",") {
+                Some(ev) => ev,
+                None => return Err(format!("event {}: line does not end with a comma", i + 1)),
+            }
+        } else {
+            piece
+        };
+        if ev.is_empty() {
+            return Err(format!("event {}: empty line", i + 1));
+        }
+        events.push(ev);
+    }
+    Ok(Split { events, closed })
+}
+
+/// eventID and eventTime (epoch seconds) of a canonical event.
+pub fn event_id_and_time(event: &[u8]) -> std::result::Result<(String, i64), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(event).map_err(|e| format!("not valid JSON: {e}"))?;
+    let id = v
+        .get("eventID")
+        .and_then(|x| x.as_str())
+        .ok_or("eventID is missing or not a string")?
+        .to_owned();
+    let t = v
+        .get("eventTime")
+        .and_then(|x| x.as_str())
+        .ok_or("eventTime is missing")?;
+    let secs =
+        parse_time(t).ok_or_else(|| format!("eventTime {t:?} is not YYYY-MM-DDTHH:MM:SSZ"))?;
+    Ok((id, secs))
+}
+
+// ---------------------------------------------------------------------------------------------
+// metadata
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub trail: String,
+    pub account: String,
+    pub region: String,
+    pub seq: u64,
+    pub chain_start: ChainValue,
+    pub opened_at_ms: i64,
+}
+
+impl SegmentMeta {
+    pub fn name(&self) -> String {
+        segment_name(self.seq, &self.account, &self.region)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "trail": self.trail,
+            "account": self.account,
+            "region": self.region,
+            "seq": self.seq,
+            "chain_start": chain::to_hex(&self.chain_start),
+            "opened_at_ms": self.opened_at_ms,
+        });
+        let mut out = v.to_string().into_bytes();
+        out.push(b'\n');
+        out
+    }
+
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<SegmentMeta> {
+        let corrupt = |message: String| CoreError::Corrupt {
+            path: path.to_path_buf(),
+            message,
+        };
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("segment metadata is not JSON ({e})")))?;
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| corrupt(format!("segment metadata lacks string {k:?}")))
+        };
+        let chain_hex = s("chain_start")?;
+        Ok(SegmentMeta {
+            trail: s("trail")?,
+            account: s("account")?,
+            region: s("region")?,
+            seq: v
+                .get("seq")
+                .and_then(|x| x.as_u64())
+                .ok_or_else(|| corrupt("segment metadata lacks integer \"seq\"".into()))?,
+            chain_start: chain::from_hex(&chain_hex).ok_or_else(|| {
+                corrupt(format!("chain_start {chain_hex:?} is not 64 hex digits"))
+            })?,
+            opened_at_ms: v
+                .get("opened_at_ms")
+                .and_then(|x| x.as_i64())
+                .ok_or_else(|| corrupt("segment metadata lacks integer \"opened_at_ms\"".into()))?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the open segment
+
+/// What one `process` call appends to one stream: the frame's uncompressed content and the
+/// running values after it.
+#[derive(Debug)]
+pub struct Batch {
+    pub content: Vec<u8>,
+    pub count: u64,
+    pub oldest: i64,
+    pub newest: i64,
+    pub chain_end: ChainValue,
+    pub ids: Vec<String>,
+}
+
+impl Batch {
+    /// An empty batch continuing a segment (or starting one when `first`).
+    pub fn new(chain: ChainValue, first: bool) -> Batch {
+        let content = if first { HEADER.to_vec() } else { Vec::new() };
+        Batch {
+            content,
+            count: 0,
+            oldest: i64::MAX,
+            newest: i64::MIN,
+            chain_end: chain,
+            ids: Vec::new(),
+        }
+    }
+
+    /// Add one canonical event (its SHA-256 already computed).
+    pub fn push(&mut self, canonical: &[u8], hash: &[u8; 32], id: &str, time: i64) {
+        let starts_segment = self.content.len() == HEADER.len() && self.content == HEADER;
+        if !starts_segment {
+            self.content.extend_from_slice(SEPARATOR);
+        }
+        self.content.extend_from_slice(canonical);
+        self.chain_end = chain::step_hashed(&self.chain_end, hash);
+        self.count += 1;
+        self.oldest = self.oldest.min(time);
+        self.newest = self.newest.max(time);
+        self.ids.push(id.to_owned());
+    }
+}
+
+/// Compress one frame (content size and checksum included).
+pub fn compress_frame(c: &mut zstd::bulk::Compressor<'static>, content: &[u8]) -> Result<Vec<u8>> {
+    c.compress(content)
+        .map_err(|e| CoreError::Invalid(format!("zstd compression failed: {e}")))
+}
+
+/// A zstd compressor configured as segments need.
+pub fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
+    let err = |e: std::io::Error| CoreError::Invalid(format!("zstd level {level}: {e}"));
+    let mut c = zstd::bulk::Compressor::new(level).map_err(err)?;
+    c.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))
+        .map_err(err)?;
+    c.set_parameter(zstd::stream::raw::CParameter::ContentSizeFlag(true))
+        .map_err(err)?;
+    Ok(c)
+}
+
+pub struct Segment {
+    pub meta: SegmentMeta,
+    pub data_path: PathBuf,
+    pub meta_path: PathBuf,
+    file: File,
+    hasher: Sha256,
+    pub event_count: u64,
+    pub uncompressed_bytes: u64,
+    pub compressed_bytes: u64,
+    /// Epoch seconds; meaningful when `event_count > 0`.
+    pub oldest: i64,
+    pub newest: i64,
+    pub chain_end: ChainValue,
+    pub event_ids: Vec<String>,
+    /// Written since the last fsync.
+    pub dirty: bool,
+}
+
+/// What recovery found in an open segment.
+pub enum Recovered {
+    /// An open segment, ready for appends (its torn tail, if any, truncated).
+    Open(Segment),
+    /// Closed (content ends with the closing frame) but not moved to `sealed/`.
+    Closed(Segment),
+    /// Metadata without a data file, or a data file without a single whole frame: nothing in it.
+    Empty,
+}
+
+impl Segment {
+    /// Create a new segment: metadata atomically first, then the (empty) data file. The caller
+    /// must fsync `open_dir` before acknowledging anything written to it.
+    pub fn create(open_dir: &Path, meta: SegmentMeta) -> Result<Segment> {
+        let name = meta.name();
+        let meta_path = open_dir.join(format!("{name}.seg.json"));
+        let data_path = open_dir.join(format!("{name}.seg"));
+        write_atomic(&meta_path, &meta.to_json())?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&data_path)
+            .map_err(|e| CoreError::io("create segment", &data_path, e))?;
+        let chain_end = meta.chain_start;
+        Ok(Segment {
+            meta,
+            data_path,
+            meta_path,
+            file,
+            hasher: Sha256::new(),
+            event_count: 0,
+            uncompressed_bytes: 0,
+            compressed_bytes: 0,
+            oldest: i64::MAX,
+            newest: i64::MIN,
+            chain_end,
+            event_ids: Vec::new(),
+            dirty: true,
+        })
+    }
+
+    /// Append one compressed frame holding `batch.content`. On a write error the file is cut back
+    /// to its previous length (best effort) and the error returned.
+    pub fn append(&mut self, frame: &[u8], batch: Batch) -> Result<()> {
+        self.write_frame(frame)?;
+        self.hasher.update(&batch.content);
+        self.uncompressed_bytes += batch.content.len() as u64;
+        self.event_count += batch.count;
+        self.oldest = self.oldest.min(batch.oldest);
+        self.newest = self.newest.max(batch.newest);
+        self.chain_end = batch.chain_end;
+        self.event_ids.extend(batch.ids);
+        Ok(())
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> Result<()> {
+        if let Err(e) = self.file.write_all(frame) {
+            let _ = self.file.set_len(self.compressed_bytes);
+            return Err(CoreError::io("append to segment", &self.data_path, e));
+        }
+        self.compressed_bytes += frame.len() as u64;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Append the closing frame and fsync: the content is now the whole log document.
+    pub fn close(&mut self, c: &mut zstd::bulk::Compressor<'static>) -> Result<()> {
+        let frame = compress_frame(c, FOOTER)?;
+        self.write_frame(&frame)?;
+        self.hasher.update(FOOTER);
+        self.uncompressed_bytes += FOOTER.len() as u64;
+        self.sync()
+    }
+
+    pub fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| CoreError::io("fsync segment", &self.data_path, e))?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Lower-case hex SHA-256 of the content so far.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+
+    /// Recover the segment whose metadata is at `meta_path`. `notes` receives what was done.
+    pub fn recover(meta_path: &Path, notes: &mut Vec<String>) -> Result<Recovered> {
+        let meta_bytes = std::fs::read(meta_path)
+            .map_err(|e| CoreError::io("read segment metadata", meta_path, e))?;
+        let meta = SegmentMeta::from_json(&meta_bytes, meta_path)?;
+        let name = meta_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".seg.json"))
+            .ok_or_else(|| CoreError::Corrupt {
+                path: meta_path.to_path_buf(),
+                message: "segment metadata file name does not end in .seg.json".into(),
+            })?
+            .to_owned();
+        let data_path = meta_path.with_file_name(format!("{name}.seg"));
+        let bytes = match std::fs::read(&data_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recovered::Empty),
+            Err(e) => return Err(CoreError::io("read segment", &data_path, e)),
+        };
+        // Walk the frames; the first one that is incomplete or does not decode starts the torn tail.
+        let mut content = Vec::new();
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let rest = &bytes[pos..];
+            let Ok(n) = zstd::zstd_safe::find_frame_compressed_size(rest) else {
+                break;
+            };
+            if n == 0 || n > rest.len() {
+                break;
+            }
+            let Ok(decoded) = zstd::stream::decode_all(&rest[..n]) else {
+                break;
+            };
+            content.extend_from_slice(&decoded);
+            pos += n;
+        }
+        let corrupt = |message: String| CoreError::Corrupt {
+            path: data_path.clone(),
+            message: format!("{message}; move the segment aside to start without it"),
+        };
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| CoreError::io("open segment", path, e))
+        };
+        if pos < bytes.len() {
+            let file = open(&data_path)?;
+            file.set_len(pos as u64)
+                .map_err(|e| CoreError::io("truncate torn tail of", &data_path, e))?;
+            file.sync_all()
+                .map_err(|e| CoreError::io("fsync", &data_path, e))?;
+            notes.push(format!(
+                "{}: dropped a torn tail of {} bytes after the last whole zstd frame at offset {pos} \
+                 (written but never acknowledged)",
+                data_path.display(),
+                bytes.len() - pos
+            ));
+        }
+        if content.is_empty() {
+            return Ok(Recovered::Empty);
+        }
+        let split = split_events(&content).map_err(corrupt)?;
+        let mut seg = Segment {
+            file: open(&data_path)?,
+            data_path: data_path.clone(),
+            meta_path: meta_path.to_path_buf(),
+            hasher: Sha256::new(),
+            event_count: 0,
+            uncompressed_bytes: 0,
+            compressed_bytes: pos as u64,
+            oldest: i64::MAX,
+            newest: i64::MIN,
+            chain_end: meta.chain_start,
+            event_ids: Vec::with_capacity(split.events.len()),
+            dirty: false,
+            meta,
+        };
+        for (i, ev) in split.events.iter().enumerate() {
+            let (id, t) =
+                event_id_and_time(ev).map_err(|m| corrupt(format!("event {}: {m}", i + 1)))?;
+            seg.chain_end = chain::step(&seg.chain_end, ev);
+            seg.oldest = seg.oldest.min(t);
+            seg.newest = seg.newest.max(t);
+            seg.event_ids.push(id);
+        }
+        seg.event_count = split.events.len() as u64;
+        if split.events.is_empty() {
+            return Ok(Recovered::Empty);
+        }
+        seg.hasher.update(&content);
+        seg.uncompressed_bytes = content.len() as u64;
+        if split.closed {
+            return Ok(Recovered::Closed(seg));
+        }
+        Ok(Recovered::Open(seg))
+    }
+
+    /// Undo a close whose seal never completed: drop the closing frame so the segment is open again.
+    pub fn reopen(mut self, notes: &mut Vec<String>) -> Result<Segment> {
+        let bytes = std::fs::read(&self.data_path)
+            .map_err(|e| CoreError::io("read segment", &self.data_path, e))?;
+        // find the start of the last frame
+        let mut pos = 0usize;
+        let mut last = 0usize;
+        while pos < bytes.len() {
+            let n = zstd::zstd_safe::find_frame_compressed_size(&bytes[pos..]).map_err(|_| {
+                CoreError::Corrupt {
+                    path: self.data_path.clone(),
+                    message: format!("undecodable zstd frame at offset {pos}"),
+                }
+            })?;
+            last = pos;
+            pos += n;
+        }
+        self.file
+            .set_len(last as u64)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| CoreError::io("truncate closing frame of", &self.data_path, e))?;
+        self.compressed_bytes = last as u64;
+        self.uncompressed_bytes -= FOOTER.len() as u64;
+        // recompute the running hash without the footer
+        let content = zstd::stream::decode_all(&bytes[..last])
+            .map_err(|e| CoreError::io("decode segment", &self.data_path, e))?;
+        self.hasher = Sha256::new();
+        self.hasher.update(&content);
+        notes.push(format!(
+            "{}: was closed but its seal did not complete (no manifest); reopened it",
+            self.data_path.display()
+        ));
+        Ok(self)
+    }
+}

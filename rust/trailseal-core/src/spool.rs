@@ -1,1 +1,851 @@
-//! spool: see lib.rs.
+//! The spool: one batch of NDJSON lines in, one [`BatchResult`] out; sealing; recovery at open.
+//! This is what the Python binding exposes as `trailseal._core.Core`.
+//!
+//! On-disk layout (one directory per trail under `spool_dir`; see also `segment` and `dedup`):
+//! ```text
+//! <trail>/open/<name>.seg(.json)   open segments and their metadata
+//! <trail>/sealed/<name>.log        sealed log files (compressed bytes as delivered)
+//! <trail>/sealed/<name>.json       their manifests (the SealedFile fields)
+//! <trail>/heads.json               {"last_seq": N, "streams": [{"account","region","seq","chain_end"}]}
+//! dedup.ids                        the eventID journal
+//! ```
+//! Seal order (each step durable before the next): closing frame + fsync; eventIDs appended to
+//! `dedup.ids`; manifest written atomically; `.seg` renamed to `sealed/<name>.log`; `.seg.json`
+//! removed; `heads.json` replaced; directories fsync'd. Recovery at open finishes or undoes a seal
+//! cut short at any step: a closed segment with a manifest is moved, one without is reopened; a
+//! chain head is the one of the highest seq among `heads.json` and the manifests in `sealed/`.
+//!
+//! After an I/O error in `process`, `seal` or `sync` the spool refuses further work (the disk
+//! state is consistent, the in-memory state may not be): open a new one to recover.
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::chain::{self, ChainValue};
+use crate::dedup::Dedup;
+use crate::error::{CoreError, Result};
+use crate::event::{self, EventContext, EventMeta, Receipt};
+use crate::segment::{self, fsync_dir, write_atomic, Batch, Recovered, Segment, SegmentMeta};
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub spool_dir: PathBuf,
+    pub trails: Vec<String>,
+    pub account_id: String,
+    pub region: String,
+    pub max_event_bytes: usize,
+    pub add_receipt: bool,
+    pub dedup_capacity: usize,
+    pub zstd_level: i32,
+}
+
+impl SpoolConfig {
+    pub fn new(
+        spool_dir: impl Into<PathBuf>,
+        trails: Vec<String>,
+        account_id: &str,
+        region: &str,
+    ) -> Self {
+        SpoolConfig {
+            spool_dir: spool_dir.into(),
+            trails,
+            account_id: account_id.into(),
+            region: region.into(),
+            max_event_bytes: 262_144,
+            add_receipt: true,
+            dedup_capacity: 1_000_000,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// One source's slice of a batch.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// End offset (exclusive) in the batch data; parts cover the data in order.
+    pub end: usize,
+    pub peer: String,
+    pub agent: Option<String>,
+    pub received_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchResult {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// (part index, line number in the part from 1, code, message), in input order.
+    pub errors: Vec<(usize, u64, &'static str, String)>,
+    /// Per part: non-blank lines.
+    pub lines: Vec<u64>,
+    pub uncompressed_bytes: u64,
+    pub compressed_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSegmentInfo {
+    pub trail: String,
+    pub account: String,
+    pub region: String,
+    pub seq: u64,
+    pub path: PathBuf,
+    pub event_count: u64,
+    pub uncompressed_bytes: u64,
+    pub opened_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedFile {
+    pub trail: String,
+    pub account: String,
+    pub region: String,
+    pub seq: u64,
+    pub object_key: String,
+    pub path: PathBuf,
+    pub manifest_path: PathBuf,
+    pub sha256: String,
+    pub event_count: u64,
+    pub oldest_event_time: String,
+    pub newest_event_time: String,
+    pub chain_start: String,
+    pub chain_end: String,
+    pub compression: String,
+    pub compressed_bytes: u64,
+    pub uncompressed_bytes: u64,
+}
+
+impl SealedFile {
+    fn to_json(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "trail": self.trail, "account": self.account, "region": self.region, "seq": self.seq,
+            "object_key": self.object_key,
+            "path": self.path.to_string_lossy(), "manifest_path": self.manifest_path.to_string_lossy(),
+            "sha256": self.sha256, "event_count": self.event_count,
+            "oldest_event_time": self.oldest_event_time, "newest_event_time": self.newest_event_time,
+            "chain_start": self.chain_start, "chain_end": self.chain_end,
+            "compression": self.compression,
+            "compressed_bytes": self.compressed_bytes, "uncompressed_bytes": self.uncompressed_bytes,
+        });
+        let mut out = v.to_string().into_bytes();
+        out.push(b'\n');
+        out
+    }
+
+    /// Read a manifest; `path` and `manifest_path` are taken from where it lies now.
+    fn from_manifest(manifest_path: &Path) -> Result<SealedFile> {
+        let bytes = std::fs::read(manifest_path)
+            .map_err(|e| CoreError::io("read manifest", manifest_path, e))?;
+        let corrupt = |message: String| CoreError::Corrupt {
+            path: manifest_path.to_path_buf(),
+            message,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| corrupt(format!("manifest is not JSON ({e})")))?;
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| corrupt(format!("manifest lacks string {k:?}")))
+        };
+        let n = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .ok_or_else(|| corrupt(format!("manifest lacks integer {k:?}")))
+        };
+        Ok(SealedFile {
+            trail: s("trail")?,
+            account: s("account")?,
+            region: s("region")?,
+            seq: n("seq")?,
+            object_key: s("object_key")?,
+            path: manifest_path.with_extension("log"),
+            manifest_path: manifest_path.to_path_buf(),
+            sha256: s("sha256")?,
+            event_count: n("event_count")?,
+            oldest_event_time: s("oldest_event_time")?,
+            newest_event_time: s("newest_event_time")?,
+            chain_start: s("chain_start")?,
+            chain_end: s("chain_end")?,
+            compression: s("compression")?,
+            compressed_bytes: n("compressed_bytes")?,
+            uncompressed_bytes: n("uncompressed_bytes")?,
+        })
+    }
+}
+
+type StreamKey = (String, String);
+/// heads.json: last_seq and the streams' heads.
+type HeadsFile = (u64, Vec<(StreamKey, Head)>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    chain: ChainValue,
+    seq: u64,
+}
+
+struct Trail {
+    name: String,
+    dir: PathBuf,
+    open_dir: PathBuf,
+    sealed_dir: PathBuf,
+    heads: HashMap<StreamKey, Head>,
+    open: HashMap<StreamKey, Segment>,
+    next_seq: u64,
+}
+
+pub struct Spool {
+    cfg: SpoolConfig,
+    trails: Vec<Trail>,
+    dedup: Dedup,
+    compressor: zstd::bulk::Compressor<'static>,
+    notes: Vec<String>,
+    dirty_dirs: HashSet<PathBuf>,
+    failed: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn check_trail_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid(format!(
+            "trail name {name:?} is not valid: use 1-128 letters, digits, '.', '_' or '-', not starting with '.'"
+        )))
+    }
+}
+
+fn mkdir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| CoreError::io("create directory", path, e))
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| CoreError::io("list directory", dir, e))? {
+        out.push(
+            entry
+                .map_err(|e| CoreError::io("list directory", dir, e))?
+                .path(),
+        );
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoreError::io("remove", path, e)),
+    }
+}
+
+impl Trail {
+    fn heads_path(&self) -> PathBuf {
+        self.dir.join("heads.json")
+    }
+
+    fn write_heads(&self) -> Result<()> {
+        let mut streams: Vec<_> = self.heads.iter().collect();
+        streams.sort_by(|a, b| a.0.cmp(b.0));
+        let streams: Vec<serde_json::Value> = streams
+            .into_iter()
+            .map(|((account, region), h)| {
+                serde_json::json!({"account": account, "region": region, "seq": h.seq,
+                                   "chain_end": chain::to_hex(&h.chain)})
+            })
+            .collect();
+        let last_seq = self.next_seq.saturating_sub(1);
+        let mut bytes = serde_json::json!({"last_seq": last_seq, "streams": streams})
+            .to_string()
+            .into_bytes();
+        bytes.push(b'\n');
+        write_atomic(&self.heads_path(), &bytes)
+    }
+
+    /// Parse heads.json: Ok(None) when missing, Err(message) when unreadable.
+    fn read_heads(
+        path: &Path,
+    ) -> Result<Option<std::result::Result<HeadsFile, String>>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CoreError::io("read", path, e)),
+        };
+        let parse = || -> std::result::Result<HeadsFile, String> {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            let last_seq = v
+                .get("last_seq")
+                .and_then(|x| x.as_u64())
+                .ok_or("no integer last_seq")?;
+            let mut out = Vec::new();
+            for s in v
+                .get("streams")
+                .and_then(|x| x.as_array())
+                .ok_or("no array streams")?
+            {
+                let get = |k: &str| {
+                    s.get(k)
+                        .and_then(|x| x.as_str())
+                        .ok_or(format!("a stream lacks {k:?}"))
+                };
+                let chain =
+                    chain::from_hex(get("chain_end")?).ok_or("a chain_end is not 64 hex digits")?;
+                let seq = s
+                    .get("seq")
+                    .and_then(|x| x.as_u64())
+                    .ok_or("a stream lacks \"seq\"")?;
+                out.push((
+                    (get("account")?.to_owned(), get("region")?.to_owned()),
+                    Head { chain, seq },
+                ));
+            }
+            Ok((last_seq, out))
+        };
+        Ok(Some(parse()))
+    }
+
+    /// Open (creating) the trail's directories and recover its state.
+    fn open(
+        spool_dir: &Path,
+        name: &str,
+        dedup: &mut Dedup,
+        notes: &mut Vec<String>,
+    ) -> Result<Trail> {
+        check_trail_name(name)?;
+        let dir = spool_dir.join(name);
+        let existed = dir.exists();
+        let open_dir = dir.join("open");
+        let sealed_dir = dir.join("sealed");
+        mkdir(&open_dir)?;
+        mkdir(&sealed_dir)?;
+        let mut t = Trail {
+            name: name.to_owned(),
+            dir: dir.clone(),
+            open_dir: open_dir.clone(),
+            sealed_dir: sealed_dir.clone(),
+            heads: HashMap::new(),
+            open: HashMap::new(),
+            next_seq: 1,
+        };
+        // Leftover temporary files of interrupted atomic writes.
+        for d in [&dir, &open_dir, &sealed_dir] {
+            for p in list_dir(d)? {
+                if file_name(&p).ends_with(".tmp") {
+                    remove(&p)?;
+                }
+            }
+        }
+        let mut max_seq = 0u64;
+        let mut heads_dirty = false;
+        let heads_path = t.heads_path();
+        match Trail::read_heads(&heads_path)? {
+            Some(Ok((last_seq, heads))) => {
+                max_seq = last_seq;
+                for (k, h) in heads {
+                    max_seq = max_seq.max(h.seq);
+                    t.heads.insert(k, h);
+                }
+            }
+            Some(Err(message)) => {
+                let aside = dir.join(format!("heads.json.corrupt-{}", now_ms()));
+                std::fs::rename(&heads_path, &aside)
+                    .map_err(|e| CoreError::io("move aside corrupt", &heads_path, e))?;
+                notes.push(format!(
+                    "{}: unreadable ({message}); moved to {}. Chain heads were rebuilt from the files \
+                     still in the spool; any other stream that has delivered files restarts its \
+                     chain from zero",
+                    heads_path.display(),
+                    aside.display()
+                ));
+                heads_dirty = true;
+            }
+            None if existed => {
+                notes.push(format!(
+                    "{}: missing. Chain heads were rebuilt from the files still in the spool; any \
+                     other stream that has delivered files restarts its chain from zero",
+                    heads_path.display()
+                ));
+                heads_dirty = true;
+            }
+            None => heads_dirty = true,
+        }
+        // Sealed files: manifests, and logs without one (left by an interrupted removal).
+        let mut manifests: HashMap<String, SealedFile> = HashMap::new();
+        let mut logs: HashSet<String> = HashSet::new();
+        for p in list_dir(&sealed_dir)? {
+            let n = file_name(&p);
+            if let Some(stem) = n.strip_suffix(".json") {
+                manifests.insert(stem.to_owned(), SealedFile::from_manifest(&p)?);
+            } else if let Some(stem) = n.strip_suffix(".log") {
+                logs.insert(stem.to_owned());
+            }
+        }
+        // Open segments.
+        let mut finished: Vec<String> = Vec::new();
+        for p in list_dir(&open_dir)? {
+            let n = file_name(&p).to_owned();
+            if let Some(stem) = n.strip_suffix(".seg") {
+                if !open_dir.join(format!("{stem}.seg.json")).exists() {
+                    let aside = open_dir.join(format!("{stem}.seg.orphan"));
+                    std::fs::rename(&p, &aside).map_err(|e| CoreError::io("move aside", &p, e))?;
+                    notes.push(format!(
+                        "{}: segment without metadata (its chain start is unknown); moved to {}. \
+                         Inspect it by hand",
+                        p.display(),
+                        aside.display()
+                    ));
+                }
+                continue;
+            }
+            let Some(stem) = n.strip_suffix(".seg.json") else {
+                continue;
+            };
+            let stem = stem.to_owned();
+            match Segment::recover(&p, notes)? {
+                Recovered::Empty => {
+                    remove(&open_dir.join(format!("{stem}.seg")))?;
+                    remove(&p)?;
+                    notes.push(format!(
+                        "{}: segment held no whole event; removed",
+                        p.display()
+                    ));
+                }
+                Recovered::Closed(seg) => {
+                    max_seq = max_seq.max(seg.meta.seq);
+                    if manifests.contains_key(&stem) {
+                        let dest = sealed_dir.join(format!("{stem}.log"));
+                        std::fs::rename(&seg.data_path, &dest)
+                            .map_err(|e| CoreError::io("move sealed segment to", &dest, e))?;
+                        remove(&seg.meta_path)?;
+                        logs.insert(stem.clone());
+                        finished.push(stem.clone());
+                        notes.push(format!("{}: finished an interrupted seal", dest.display()));
+                    } else {
+                        let seg = seg.reopen(notes)?;
+                        t.add_open(seg, dedup)?;
+                    }
+                }
+                Recovered::Open(seg) => {
+                    max_seq = max_seq.max(seg.meta.seq);
+                    t.add_open(seg, dedup)?;
+                }
+            }
+        }
+        for (stem, m) in &manifests {
+            if !logs.contains(stem) {
+                remove(&m.manifest_path)?;
+                notes.push(format!(
+                    "{}: manifest without its log file (removal interrupted); removed",
+                    m.manifest_path.display()
+                ));
+                continue;
+            }
+            max_seq = max_seq.max(m.seq);
+            let key = (m.account.clone(), m.region.clone());
+            let chain = chain::from_hex(&m.chain_end).ok_or_else(|| CoreError::Corrupt {
+                path: m.manifest_path.clone(),
+                message: format!("chain_end {:?} is not 64 hex digits", m.chain_end),
+            })?;
+            let newer = t.heads.get(&key).is_none_or(|h| h.seq < m.seq);
+            if newer {
+                t.heads.insert(key, Head { chain, seq: m.seq });
+                heads_dirty = true;
+            }
+        }
+        for stem in logs.iter().filter(|s| !manifests.contains_key(*s)) {
+            let p = sealed_dir.join(format!("{stem}.log"));
+            remove(&p)?;
+            notes.push(format!(
+                "{}: log file without manifest (removal interrupted); removed",
+                p.display()
+            ));
+        }
+        t.next_seq = max_seq + 1;
+        if heads_dirty || !finished.is_empty() {
+            t.write_heads()?;
+        }
+        fsync_dir(&open_dir)?;
+        fsync_dir(&sealed_dir)?;
+        Ok(t)
+    }
+
+    fn add_open(&mut self, seg: Segment, dedup: &mut Dedup) -> Result<()> {
+        for id in &seg.event_ids {
+            dedup.insert(id);
+        }
+        let key = (seg.meta.account.clone(), seg.meta.region.clone());
+        if let Some(other) = self.open.get(&key) {
+            return Err(CoreError::Corrupt {
+                path: seg.data_path.clone(),
+                message: format!(
+                    "a second open segment for account {} region {} (the other is {}); seal or move one aside",
+                    key.0,
+                    key.1,
+                    other.data_path.display()
+                ),
+            });
+        }
+        self.open.insert(key, seg);
+        Ok(())
+    }
+
+    fn chain_head(&self, key: &StreamKey) -> ChainValue {
+        self.heads.get(key).map_or(chain::ZERO, |h| h.chain)
+    }
+}
+
+/// Trails an accepted event goes to (indices into the spool's trails). Every trail for now;
+/// event selectors will make this depend on the event.
+fn route(n_trails: usize, _event: &EventMeta, out: &mut Vec<usize>) {
+    out.clear();
+    out.extend(0..n_trails);
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(|b| b.is_ascii_whitespace())
+}
+
+impl Spool {
+    /// Open (creating) the spool and recover every trail.
+    pub fn open(cfg: SpoolConfig) -> Result<Spool> {
+        if cfg.trails.is_empty() {
+            return Err(CoreError::Invalid(
+                "no trails: give at least one trail name".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for t in &cfg.trails {
+            if !seen.insert(t) {
+                return Err(CoreError::Invalid(format!("trail {t:?} is listed twice")));
+            }
+        }
+        mkdir(&cfg.spool_dir)?;
+        let mut dedup = Dedup::open(&cfg.spool_dir.join("dedup.ids"), cfg.dedup_capacity)?;
+        let mut notes = Vec::new();
+        let mut trails = Vec::new();
+        for name in &cfg.trails {
+            trails.push(Trail::open(&cfg.spool_dir, name, &mut dedup, &mut notes)?);
+        }
+        fsync_dir(&cfg.spool_dir)?;
+        let compressor = segment::compressor(cfg.zstd_level)?;
+        Ok(Spool {
+            cfg,
+            trails,
+            dedup,
+            compressor,
+            notes,
+            dirty_dirs: HashSet::new(),
+            failed: None,
+        })
+    }
+
+    pub fn recovery_notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(CoreError::Invalid(format!(
+                "the spool stopped after an earlier error ({why}); open it again to recover"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn fail<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            self.failed = Some(e.to_string());
+        }
+        r
+    }
+
+    /// Process one batch (see `_core.pyi`).
+    pub fn process(&mut self, data: &[u8], parts: &[Part]) -> Result<BatchResult> {
+        self.check()?;
+        let mut start = 0usize;
+        for (i, p) in parts.iter().enumerate() {
+            if p.end < start || p.end > data.len() {
+                return Err(CoreError::Invalid(format!(
+                    "part {i} ends at offset {} but must end between {start} and {} (the data length)",
+                    p.end,
+                    data.len()
+                )));
+            }
+            start = p.end;
+        }
+        if start != data.len() {
+            return Err(CoreError::Invalid(format!(
+                "the parts cover {start} bytes but the data holds {}",
+                data.len()
+            )));
+        }
+        let mut res = BatchResult {
+            lines: vec![0; parts.len()],
+            ..BatchResult::default()
+        };
+        let mut streams: HashMap<(usize, StreamKey), Batch> = HashMap::new();
+        let mut order: Vec<(usize, StreamKey)> = Vec::new();
+        let mut scratch = Vec::with_capacity(4096);
+        let mut targets = Vec::with_capacity(self.trails.len());
+        let mut start = 0usize;
+        for (pi, part) in parts.iter().enumerate() {
+            let received = segment::format_time_ms(part.received_at_ms);
+            let receipt = self.cfg.add_receipt.then_some(Receipt {
+                received_at: &received,
+                peer: &part.peer,
+                agent: part.agent.as_deref(),
+            });
+            let ctx = EventContext {
+                account_id: &self.cfg.account_id,
+                region: &self.cfg.region,
+                max_event_bytes: self.cfg.max_event_bytes,
+                receipt,
+                received_at_secs: part.received_at_ms.div_euclid(1000),
+            };
+            let chunk = &data[start..part.end];
+            start = part.end;
+            let mut lineno = 0u64;
+            for raw in chunk.split(|&b| b == b'\n') {
+                let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+                if is_blank(line) {
+                    continue;
+                }
+                lineno += 1;
+                scratch.clear();
+                let meta = match event::process_event(line, &ctx, &mut scratch) {
+                    Ok(meta) => meta,
+                    Err(rej) => {
+                        res.rejected += 1;
+                        res.errors
+                            .push((pi, lineno, rej.code.as_str(), rej.message));
+                        continue;
+                    }
+                };
+                if !self.dedup.insert(&meta.event_id) {
+                    res.duplicates += 1;
+                    continue;
+                }
+                res.accepted += 1;
+                let hash = chain::event_hash(&scratch);
+                route(self.trails.len(), &meta, &mut targets);
+                for &ti in &targets {
+                    let key = (ti, (meta.account.clone(), meta.region.clone()));
+                    let batch = match streams.get_mut(&key) {
+                        Some(b) => b,
+                        None => {
+                            let trail = &self.trails[ti];
+                            let b = match trail.open.get(&key.1) {
+                                Some(seg) => Batch::new(seg.chain_end, false),
+                                None => Batch::new(trail.chain_head(&key.1), true),
+                            };
+                            order.push(key.clone());
+                            streams.entry(key).or_insert(b)
+                        }
+                    };
+                    batch.push(&scratch, &hash, &meta.event_id, meta.event_time);
+                }
+            }
+            res.lines[pi] = lineno;
+        }
+        for key in order {
+            let Some(batch) = streams.remove(&key) else {
+                continue;
+            };
+            let r = self.append(key.0, key.1, batch);
+            let (u, c) = self.fail(r)?;
+            res.uncompressed_bytes += u;
+            res.compressed_bytes += c;
+        }
+        Ok(res)
+    }
+
+    /// Append one stream's batch as one frame, creating its segment if needed.
+    fn append(&mut self, ti: usize, key: StreamKey, batch: Batch) -> Result<(u64, u64)> {
+        let frame = segment::compress_frame(&mut self.compressor, &batch.content)?;
+        let uncompressed = batch.content.len() as u64;
+        let trail = &mut self.trails[ti];
+        if !trail.open.contains_key(&key) {
+            let meta = SegmentMeta {
+                trail: trail.name.clone(),
+                account: key.0.clone(),
+                region: key.1.clone(),
+                seq: trail.next_seq,
+                chain_start: trail.chain_head(&key),
+                opened_at_ms: now_ms(),
+            };
+            trail.next_seq += 1;
+            let seg = Segment::create(&trail.open_dir, meta)?;
+            self.dirty_dirs.insert(trail.open_dir.clone());
+            trail.open.insert(key.clone(), seg);
+        }
+        let seg = trail
+            .open
+            .get_mut(&key)
+            .ok_or_else(|| CoreError::Invalid("internal: open segment vanished".into()))?;
+        seg.append(&frame, batch)?;
+        Ok((uncompressed, frame.len() as u64))
+    }
+
+    /// fsync every segment written and every directory changed since the last sync.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check()?;
+        let r = self.sync_inner();
+        self.fail(r)
+    }
+
+    fn sync_inner(&mut self) -> Result<()> {
+        for t in &mut self.trails {
+            for seg in t.open.values_mut() {
+                if seg.dirty {
+                    seg.sync()?;
+                }
+            }
+        }
+        for d in self.dirty_dirs.drain() {
+            fsync_dir(&d)?;
+        }
+        Ok(())
+    }
+
+    fn trail_index(&self, trail: &str) -> Result<usize> {
+        self.trails
+            .iter()
+            .position(|t| t.name == trail)
+            .ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "no trail {trail:?} in this spool (its trails are {:?})",
+                    self.cfg.trails
+                ))
+            })
+    }
+
+    pub fn open_segments(&self) -> Vec<OpenSegmentInfo> {
+        let mut out: Vec<OpenSegmentInfo> = self
+            .trails
+            .iter()
+            .flat_map(|t| t.open.values())
+            .filter(|s| s.event_count > 0)
+            .map(|s| OpenSegmentInfo {
+                trail: s.meta.trail.clone(),
+                account: s.meta.account.clone(),
+                region: s.meta.region.clone(),
+                seq: s.meta.seq,
+                path: s.data_path.clone(),
+                event_count: s.event_count,
+                uncompressed_bytes: s.uncompressed_bytes,
+                opened_at_ms: s.meta.opened_at_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.trail, a.seq).cmp(&(&b.trail, b.seq)));
+        out
+    }
+
+    /// Seal the stream's open segment (see the module docs for the order of steps).
+    pub fn seal(
+        &mut self,
+        trail: &str,
+        account: &str,
+        region: &str,
+        object_key: &str,
+    ) -> Result<Option<SealedFile>> {
+        self.check()?;
+        let ti = self.trail_index(trail)?;
+        let key = (account.to_owned(), region.to_owned());
+        let Some(seg) = self.trails[ti].open.remove(&key) else {
+            return Ok(None);
+        };
+        let r = self.seal_segment(ti, key, seg, object_key);
+        self.fail(r).map(Some)
+    }
+
+    fn seal_segment(
+        &mut self,
+        ti: usize,
+        key: StreamKey,
+        mut seg: Segment,
+        object_key: &str,
+    ) -> Result<SealedFile> {
+        seg.close(&mut self.compressor)?;
+        self.dedup
+            .persist(seg.event_ids.iter().map(String::as_str))?;
+        let t = &mut self.trails[ti];
+        let name = seg.meta.name();
+        let path = t.sealed_dir.join(format!("{name}.log"));
+        let manifest_path = t.sealed_dir.join(format!("{name}.json"));
+        let sealed = SealedFile {
+            trail: t.name.clone(),
+            account: seg.meta.account.clone(),
+            region: seg.meta.region.clone(),
+            seq: seg.meta.seq,
+            object_key: object_key.to_owned(),
+            path: path.clone(),
+            manifest_path: manifest_path.clone(),
+            sha256: seg.sha256_hex(),
+            event_count: seg.event_count,
+            oldest_event_time: segment::format_time(seg.oldest),
+            newest_event_time: segment::format_time(seg.newest),
+            chain_start: chain::to_hex(&seg.meta.chain_start),
+            chain_end: chain::to_hex(&seg.chain_end),
+            compression: "zstd".into(),
+            compressed_bytes: seg.compressed_bytes,
+            uncompressed_bytes: seg.uncompressed_bytes,
+        };
+        write_atomic(&manifest_path, &sealed.to_json())?;
+        std::fs::rename(&seg.data_path, &path)
+            .map_err(|e| CoreError::io("move sealed segment to", &path, e))?;
+        remove(&seg.meta_path)?;
+        t.heads.insert(
+            key,
+            Head {
+                chain: seg.chain_end,
+                seq: seg.meta.seq,
+            },
+        );
+        t.write_heads()?;
+        fsync_dir(&t.open_dir)?;
+        fsync_dir(&t.sealed_dir)?;
+        Ok(sealed)
+    }
+
+    pub fn sealed_files(&self, trail: &str) -> Result<Vec<SealedFile>> {
+        let t = &self.trails[self.trail_index(trail)?];
+        let mut out = Vec::new();
+        for p in list_dir(&t.sealed_dir)? {
+            if file_name(&p).ends_with(".json") {
+                out.push(SealedFile::from_manifest(&p)?);
+            }
+        }
+        out.sort_by_key(|s| s.seq);
+        Ok(out)
+    }
+
+    /// Delete a delivered sealed file and its manifest (no error if already gone).
+    pub fn remove_sealed(&mut self, trail: &str, seq: u64) -> Result<()> {
+        let t = &self.trails[self.trail_index(trail)?];
+        let prefix = format!("{seq:012}-");
+        for p in list_dir(&t.sealed_dir)? {
+            let n = file_name(&p);
+            if n.starts_with(&prefix) && n.ends_with(".json") {
+                // Manifest first: a log without a manifest is removed at the next open.
+                remove(&p)?;
+                remove(&p.with_extension("log"))?;
+            }
+        }
+        fsync_dir(&t.sealed_dir)
+    }
+}
