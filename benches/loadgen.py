@@ -464,6 +464,41 @@ def read_delivered(bucket: Path) -> Delivered:
     return result
 
 
+@contextmanager
+def profiling(pid: int, out_dir: Path | None, py_spy: str | None, perf: bool) -> Iterator[None]:
+    """While the body runs: ``py-spy record`` (native frames, collapsed stacks) and/or
+    ``perf record -e cpu-clock -g`` on ``pid``, written into ``out_dir``."""
+    if out_dir is None or (py_spy is None and not perf):
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    commands: list[list[str]] = []
+    if py_spy is not None:
+        output = str(out_dir / "daemon.pyspy.txt")
+        commands.append(
+            [py_spy, "record", "--pid", str(pid), "--native", "--threads", "--rate", "200"]
+        )
+        commands[-1] += ["--format", "raw", "--output", output]
+    if perf:
+        output = str(out_dir / "daemon.perf.data")
+        commands.append(["perf", "record", "-e", "cpu-clock", "-g", "-p", str(pid), "-o", output])
+    log = open(out_dir / "profilers.log", "ab")  # noqa: SIM115 - closed below
+    procs = [subprocess.Popen(c, stdout=log, stderr=subprocess.STDOUT) for c in commands]
+    try:
+        time.sleep(1.0)  # let the profilers attach before the load starts
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        log.close()
+
+
 # ---------------------------------------------------------------- the baselines
 
 
@@ -514,6 +549,9 @@ def run(
     timeout: float = 600.0,
     keep: Path | None = None,
     lines: Sequence[bytes] | None = None,
+    profile_dir: Path | None = None,
+    py_spy: str | None = None,
+    perf: bool = False,
 ) -> dict[str, Any]:
     """One benchmark run; returns the summary (what ``main`` prints as one JSON line)."""
     from trailseal import synthetic
@@ -533,7 +571,10 @@ def run(
     try:
         if daemon:
             (root / "e2e").mkdir()
-            with running_daemon(root / "e2e", cores=cores) as d:
+            with (
+                running_daemon(root / "e2e", cores=cores) as d,
+                profiling(d.proc.pid, profile_dir, py_spy, perf),
+            ):
                 pushed = push(
                     d.connect_tcp if tcp else d.connect_unix,
                     split_connections(lines, connections),
@@ -624,6 +665,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, help="make the run's directory under this one and keep it"
     )
+    parser.add_argument(
+        "--profile-dir", type=Path, help="write the daemon's profiles (--py-spy, --perf) here"
+    )
+    parser.add_argument("--py-spy", metavar="PATH", help="py-spy binary: sample the daemon")
+    parser.add_argument("--perf", action="store_true", help="perf record the daemon (cpu-clock)")
     args = parser.parse_args(argv)
     try:
         summary = run(
@@ -638,6 +684,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             daemon=not args.naive,
             timeout=args.timeout,
             keep=args.keep,
+            profile_dir=args.profile_dir,
+            py_spy=args.py_spy,
+            perf=args.perf,
         )
     except LoadError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
