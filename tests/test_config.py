@@ -3,6 +3,9 @@ and `trailseal serve` refusing a bad config, an unwritable data dir or a socket 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,3 +231,50 @@ def test_socket_path_too_long(clean_env: Path) -> None:
     message = error_of(clean_env, f'[ingest]\nunix_socket = "{long}"\n')
     assert "[ingest] unix_socket:" in message
     assert "107 bytes" in message
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trailseal.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_serve_config_error_is_one_line_exit_2(clean_env: Path) -> None:
+    path = write(clean_env, '[ingest]\ntcp_lsiten = "127.0.0.1:1"\n')
+    result = serve("--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"trailseal: config error: {path}: [ingest] tcp_lsiten: unknown key "
+        "(did you mean tcp_listen?)"
+    ]
+
+
+def test_check_config_prints_effective_config(clean_env: Path) -> None:
+    path = write(clean_env, '[daemon]\ndata_dir = "d"\naccount_id = "123456789012"\n')
+    result = serve("--config", str(path), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert 'account_id = "123456789012"' in result.stdout
+    assert f'data_dir = "{clean_env / "d"}"' in result.stdout
+    assert not (clean_env / "d").exists()
+    bad = write(clean_env, '[daemon]\naccount_id = "1"\n')
+    assert serve("--config", str(bad), "--check-config").returncode == 2
+
+
+def test_serve_unwritable_data_dir_exit_2(clean_env: Path) -> None:
+    blocker = clean_env / "file-not-dir"
+    blocker.write_text("")
+    path = write(
+        clean_env,
+        f'[daemon]\ndata_dir = "{blocker / "data"}"\n[ingest]\nunix_socket = ""\ntcp_listen = ""\n',
+    )
+    result = serve("--config", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"trailseal: data dir {blocker / 'data'} is not usable")
+    assert "[daemon] data_dir" in lines[0]

@@ -1,0 +1,351 @@
+"""The daemon: ``trailseal serve``. Its whole topology is in :func:`_serve`.
+
+Start: load the config, check the data dir, open the Core (crash recovery: its notes are logged
+as warnings and every recovered open segment is sealed), load or create the signing key, open
+the destinations, bind the listeners, then start the stages (each reports ``started()``):
+
+    listeners ──Submission──▶ batcher ──Core.process+sync──▶ acks back to each connection
+                                 └─ sealer (size / age / shutdown) ──SealedFile──▶ uploader/trail
+                                                                     digest writer/trail
+
+Shutdown (first SIGTERM/SIGINT): stop accepting and reading → every connection's read lines are
+settled and acknowledged (final ack, then close) → the submissions channel closes and the batcher
+drains → every open segment is sealed → the uploader channels close and the uploaders deliver
+everything → the digest writers write their final digests → exit 0. All of it is bounded by
+``[daemon] shutdown_timeout_secs``. A second signal exits at once (what is on disk is recovered at
+the next start). systemd: ``READY=1`` / ``STOPPING=1`` go to ``$NOTIFY_SOCKET`` when it is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from trailseal import _core
+from trailseal import config as config_mod
+from trailseal.config import Config
+from trailseal.delivery import uploader
+from trailseal.delivery.destination import Destination, open_destination
+from trailseal.delivery.digest import DigestWriter
+from trailseal.delivery.signer import Signer
+from trailseal.errors import TrailsealError
+from trailseal.ingest.listener import Ingest, bind_tcp, bind_unix
+from trailseal.pipeline import CoreRunner, PipelineStats, Sealer, Submission, run_batcher
+
+log = logging.getLogger("trailseal")
+
+SUBMISSION_CHANNEL_SIZE = 64
+"""Chunks (≤ 256 KiB each) waiting for the batcher; when full, connections stop reading."""
+UPLOAD_CHANNEL_SIZE = 1024
+
+
+class StartupError(TrailsealError):
+    """The daemon cannot start (data dir, socket in use, core); the message says what to do."""
+
+
+def main(config_path: Path | None, check_only: bool) -> int:
+    """``trailseal serve``: 0 after a clean shutdown, 2 on a config or startup error."""
+    logging.basicConfig(
+        level=os.environ.get("TRAILSEAL_LOG_LEVEL", "INFO").upper(),
+        format="trailseal: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = config_mod.load(config_path)
+    except TrailsealError as exc:
+        print(f"trailseal: config error: {exc}", file=sys.stderr)
+        return 2
+    if check_only:
+        print(config_mod.describe(config))
+        return 0
+    try:
+        prepared = _prepare(config)
+    except TrailsealError as exc:
+        print(f"trailseal: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(_serve, config, prepared)
+    finally:
+        prepared.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up checks (synchronous, before anything listens)
+
+
+@dataclass
+class _Prepared:
+    core: _core.Core
+    signer: Signer
+    destinations: dict[str, Destination]
+    sockets: list[tuple[socket.socket, str]]
+
+    def close(self) -> None:
+        for sock, kind in self.sockets:
+            if kind == "unix":
+                try:
+                    path = sock.getsockname()
+                    if isinstance(path, str) and path:
+                        os.unlink(path)
+                except OSError:
+                    pass
+            sock.close()
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"data dir {data_dir} is not usable: {exc.strerror or exc}; make it writable by "
+            "this user or set [daemon] data_dir"
+        ) from None
+
+
+def _prepare(config: Config) -> _Prepared:
+    data_dir = config.daemon.data_dir
+    _check_data_dir(data_dir)
+    try:
+        core = _core.Core(
+            str(data_dir / "spool"),
+            list(config.trails),
+            account_id=config.daemon.account_id,
+            region=config.daemon.region,
+            max_event_bytes=config.ingest.max_event_bytes,
+            add_receipt=config.ingest.add_receipt,
+            dedup_capacity=config.ingest.dedup_window,
+        )
+    except Exception as exc:
+        raise StartupError(f"cannot open the spool in {data_dir / 'spool'}: {exc}") from None
+    for note in core.recovery_notes():
+        log.warning("recovery: %s", note)
+    try:
+        signer = Signer.load_or_create(data_dir / "keys")
+        destinations = {
+            name: open_destination(trail.destination, host_id=config.daemon.host_id)
+            for name, trail in config.trails.items()
+        }
+    except TrailsealError as exc:
+        raise StartupError(str(exc)) from None
+    sockets: list[tuple[socket.socket, str]] = []
+    prepared = _Prepared(core, signer, destinations, sockets)
+    try:
+        if config.ingest.unix_socket is not None:
+            unix = bind_unix(
+                config.ingest.unix_socket,
+                config.ingest.unix_socket_mode,
+                config.ingest.unix_socket_group,
+            )
+            sockets.append((unix, "unix"))
+        if config.ingest.tcp_listen is not None:
+            sockets.append((bind_tcp(*config.ingest.tcp_listen), "tcp"))
+    except TrailsealError as exc:
+        prepared.close()
+        raise StartupError(str(exc)) from None
+    if not sockets:
+        log.warning('both listeners are disabled ([ingest] unix_socket and tcp_listen are "")')
+    return prepared
+
+
+# ---------------------------------------------------------------------------------------------
+# The topology
+
+
+async def _serve(config: Config, prepared: _Prepared) -> int:
+    core = prepared.core
+    runner = CoreRunner(core)
+    stats = PipelineStats()
+    prefixes = {name: dest.prefix for name, dest in prepared.destinations.items()}
+    data_dir = config.daemon.data_dir
+
+    # Crash recovery: seal what the last run left open; the uploaders deliver it at start.
+    recovered = await Sealer(runner=runner, config=config, prefixes=prefixes, uploads=None).check(
+        everything=True
+    )
+    if recovered:
+        log.warning("%d open segments recovered and sealed", len(recovered))
+
+    _announce(config, prepared)
+    stop = trio.Event()
+    ok = True
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as root:
+            watcher = trio.CancelScope()
+            root.start_soon(_watch_signals, signals, stop, watcher)
+            shutdown = root.cancel_scope
+
+            writers = [
+                DigestWriter(
+                    config=config,
+                    trail=trail,
+                    destination=prepared.destinations[name],
+                    signer=prepared.signer,
+                    state_dir=data_dir / "state" / name,
+                )
+                for name, trail in config.trails.items()
+            ]
+            digest_scope = trio.CancelScope()
+            async with trio.open_nursery() as digests:
+                for writer in writers:
+                    await digests.start(_cancellable, digest_scope, writer.run)
+
+                uploads: dict[str, trio.MemorySendChannel[_core.SealedFile]] = {}
+                async with trio.open_nursery() as delivery:
+                    for name, trail in config.trails.items():
+                        send, receive = trio.open_memory_channel[_core.SealedFile](
+                            UPLOAD_CHANNEL_SIZE
+                        )
+                        uploads[name] = send
+                        await delivery.start(
+                            partial(
+                                uploader.run,
+                                core=core,
+                                trail=trail,
+                                destination=prepared.destinations[name],
+                                state_dir=data_dir / "state" / name,
+                                sealed=receive,
+                            )
+                        )
+                    sealer = Sealer(
+                        runner=runner,
+                        config=config,
+                        prefixes=prefixes,
+                        uploads=uploads,
+                        stats=stats,
+                    )
+
+                    submit, submissions = trio.open_memory_channel[Submission](
+                        SUBMISSION_CHANNEL_SIZE
+                    )
+                    async with trio.open_nursery() as pipeline:
+                        await pipeline.start(
+                            partial(
+                                run_batcher,
+                                runner=runner,
+                                submissions=submissions,
+                                sealer=sealer,
+                                stats=stats,
+                            )
+                        )
+                        timer = trio.CancelScope()
+                        await pipeline.start(_cancellable, timer, sealer.run)
+
+                        ingest = Ingest(config.ingest, submit)
+                        async with trio.open_nursery() as listeners:
+                            for sock, kind in prepared.sockets:
+                                await listeners.start(ingest.serve, sock, kind)
+                            _sd_notify(b"READY=1")
+                            log.info("ready")
+                            await stop.wait()
+                            # -- graceful shutdown, in order, within the deadline --
+                            _sd_notify(b"STOPPING=1")
+                            log.info("shutting down: settling and acknowledging what was read")
+                            shutdown.deadline = (
+                                trio.current_time() + config.daemon.shutdown_timeout_secs
+                            )
+                            ingest.stop()
+                        # every connection got its final ack
+                        await submit.aclose()
+                        timer.cancel()
+                    # the batcher drained the channel
+                    sealed = await sealer.check(everything=True)
+                    log.info("sealed %d log files; delivering", len(sealed))
+                    for send in uploads.values():
+                        await send.aclose()
+                # the uploaders delivered everything
+                digest_scope.cancel()
+            for writer in writers:
+                await writer.write_final()
+            log.info(
+                "stopped: %d events stored, %d duplicates, %d rejected, %d log files sealed",
+                stats.accepted,
+                stats.duplicates,
+                stats.rejected,
+                stats.sealed_files,
+            )
+            watcher.cancel()
+        if shutdown.cancelled_caught:
+            ok = False
+            log.error(
+                "shutdown did not finish within [daemon] shutdown_timeout_secs=%g; what was "
+                "acknowledged is safe in %s and is sealed and delivered at the next start",
+                config.daemon.shutdown_timeout_secs,
+                data_dir / "spool",
+            )
+    return 0 if ok else 1
+
+
+async def _cancellable(
+    scope: trio.CancelScope,
+    run: Callable[..., Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a stage that runs until cancelled, inside ``scope`` so it can be stopped alone."""
+    with scope:
+        await run(task_status=task_status)
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int], stop: trio.Event, scope: trio.CancelScope
+) -> None:
+    """First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (recovery handles it)."""
+    with scope:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not stop.is_set():
+                log.info("%s received: shutting down (send it again to exit at once)", name)
+                stop.set()
+                continue
+            log.error(
+                "second %s: exiting at once; acknowledged events are safe on disk and are "
+                "sealed and delivered at the next start",
+                name,
+            )
+            logging.shutdown()
+            os._exit(128 + signum)
+
+
+def _announce(config: Config, prepared: _Prepared) -> None:
+    """One line per thing a user needs, on stderr."""
+    lines = [f"data dir: {config.daemon.data_dir}"]
+    ingest = config.ingest
+    lines.append(f"unix socket: {ingest.unix_socket if ingest.unix_socket else 'disabled'}")
+    if ingest.tcp_listen:
+        auth = " (token required)" if ingest.tokens else ""
+        lines.append(f"tcp: {ingest.tcp_listen[0]}:{ingest.tcp_listen[1]}{auth}")
+    else:
+        lines.append("tcp: disabled")
+    for name, dest in prepared.destinations.items():
+        lines.append(f"trail {name}: {dest.url}")
+    lines.append(f"signing key: {prepared.signer.fingerprint}")
+    for line in lines:
+        print(f"trailseal: {line}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _sd_notify(message: bytes) -> None:
+    """sd_notify(3) without a library: one datagram to ``$NOTIFY_SOCKET``."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message)
+    except OSError as exc:
+        log.warning("could not notify systemd at %s: %s", address, exc)

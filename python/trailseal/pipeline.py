@@ -1,0 +1,334 @@
+"""The pipeline between the listeners and the uploaders: the batcher (group commit) and the
+sealer (sealing policy), plus the per-connection state they settle lines on.
+
+- Listeners put :class:`Submission` (a chunk of whole lines, or an oversized-line error) into
+  one bounded channel; when it is full they stop reading (backpressure).
+- The batcher takes one submission (blocking), then everything already waiting up to
+  :data:`BATCH_MAX_BYTES` / :data:`BATCH_MAX_CHUNKS`, and in ONE worker-thread call runs
+  ``Core.process`` then ``Core.sync``. While that thread works, connections keep filling the
+  channel, so the next fsync serves all of them (group commit). Then each connection gets its
+  errors and its new ack (:meth:`Connection.settle`), never blocking the batcher.
+- The sealer seals open segments that reached ``seal_after_bytes`` or ``seal_after_secs``
+  (after each batch and on a 1 s timer; all of them at shutdown) and hands each
+  ``SealedFile`` to its trail's uploader channel.
+- Every call into the Core goes through one ``CapacityLimiter(1)``: the Core is not re-entrant.
+- Python never loops over events here: only over chunks and over rejected lines.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import trio
+
+from trailseal import _core
+from trailseal.config import Config
+from trailseal.delivery import layout
+from trailseal.ingest.framing import Chunk, EventTooLarge
+
+log = logging.getLogger("trailseal.pipeline")
+
+BATCH_MAX_BYTES = 8 * 1024 * 1024
+BATCH_MAX_CHUNKS = 4096
+REPLY_HIGH_WATER_BYTES = 1024 * 1024
+"""A connection whose unsent replies exceed this stops being read until its client reads."""
+SEAL_CHECK_SECS = 1.0
+
+T = TypeVar("T")
+
+
+def error_reply(line: int, code: str, message: str) -> bytes:
+    body = {"error": {"line": line, "code": code, "message": message}}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+class Connection:
+    """One ingest connection as the pipeline sees it: who it is, what was submitted and settled,
+    and the queue of reply lines its writer task sends (never blocks the batcher)."""
+
+    def __init__(self, peer: str, agent: str | None) -> None:
+        self.peer = peer
+        self.agent = agent
+        self.submitted = 0
+        """Highest line number handed to the pipeline."""
+        self.settled = 0
+        """Highest line number settled (stored, duplicate or rejected)."""
+        self.acked = -1
+        """Last ack queued (-1: none yet)."""
+        self.closed = False
+        """The client went away: replies are dropped."""
+        self.finished = False
+        """No more replies will be queued; the writer flushes and stops."""
+        self._out: list[bytes] = []
+        self.out_bytes = 0
+        self._wake_writer = trio.Event()
+        self._progress = trio.Event()
+
+    # -- used by the batcher -----------------------------------------------------------------
+
+    def settle(self, upto: int, errors: list[bytes]) -> None:
+        """Lines ≤ ``upto`` are settled; queue their error replies, then the new ack."""
+        for reply in errors:
+            self._queue(reply)
+        if upto > self.settled:
+            self.settled = upto
+        if self.settled > self.acked:
+            self._queue_ack()
+        self._notify_progress()
+
+    # -- used by the connection's tasks --------------------------------------------------------
+
+    def finish(self) -> None:
+        """Everything submitted is settled (or the client left): send the final ack and stop."""
+        if self.acked != self.settled:
+            self._queue_ack()
+        self.finished = True
+        self._wake_writer.set()
+
+    def mark_closed(self) -> None:
+        self.closed = True
+        self._out.clear()
+        self.out_bytes = 0
+        self._wake_writer.set()
+        self._notify_progress()
+
+    async def wait_settled(self) -> None:
+        while self.settled < self.submitted and not self.closed:
+            await self._progress.wait()
+
+    async def wait_drained(self) -> None:
+        """Block the reader while the client is not reading its replies."""
+        while self.out_bytes > REPLY_HIGH_WATER_BYTES and not self.closed:
+            await self._progress.wait()
+
+    async def next_replies(self) -> bytes | None:
+        """The writer's next bytes to send; None when finished and everything was sent."""
+        while True:
+            if self._out:
+                data = b"".join(self._out)
+                self._out.clear()
+                self.out_bytes = 0
+                self._notify_progress()
+                return data
+            if self.finished or self.closed:
+                return None
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+
+    def _queue_ack(self) -> None:
+        self.acked = self.settled
+        self._queue(b'{"ack":%d}\n' % self.settled)
+
+    def _queue(self, reply: bytes) -> None:
+        if self.closed:
+            return
+        self._out.append(reply)
+        self.out_bytes += len(reply)
+        self._wake_writer.set()
+
+    def _notify_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    connection: Connection
+    item: Chunk | EventTooLarge
+    received_ms: int
+
+
+@dataclass
+class PipelineStats:
+    batches: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    sealed_files: int = 0
+    line_count_mismatches: int = 0
+
+
+class CoreRunner:
+    """Runs Core calls in a worker thread, one at a time (the Core is not re-entrant)."""
+
+    def __init__(self, core: _core.Core) -> None:
+        self.core = core
+        self.limiter = trio.CapacityLimiter(1)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batcher
+
+
+async def run_batcher(
+    *,
+    runner: CoreRunner,
+    submissions: trio.MemoryReceiveChannel[Submission],
+    sealer: Sealer | None = None,
+    stats: PipelineStats | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Group-commit batches until ``submissions`` is closed and drained."""
+    stats = stats if stats is not None else PipelineStats()
+    task_status.started()
+    async with submissions:
+        while True:
+            try:
+                first = await submissions.receive()
+            except trio.EndOfChannel:
+                return
+            batch = [first]
+            size = _size(first)
+            while len(batch) < BATCH_MAX_CHUNKS and size < BATCH_MAX_BYTES:
+                try:
+                    more = submissions.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                batch.append(more)
+                size += _size(more)
+            await process_batch(runner, batch, stats)
+            if sealer is not None:
+                await sealer.check()
+
+
+def _size(sub: Submission) -> int:
+    return len(sub.item.data) if isinstance(sub.item, Chunk) else 0
+
+
+async def process_batch(runner: CoreRunner, batch: list[Submission], stats: PipelineStats) -> None:
+    """Process, fsync, then settle every connection in the batch (errors before acks)."""
+    chunks = [sub for sub in batch if isinstance(sub.item, Chunk)]
+    result: _core.BatchResult | None = None
+    if chunks:
+        pieces: list[bytes] = []
+        parts: list[tuple[int, str, str | None, int]] = []
+        end = 0
+        for sub in chunks:
+            assert isinstance(sub.item, Chunk)
+            pieces.append(sub.item.data)
+            end += len(sub.item.data)
+            parts.append((end, sub.connection.peer, sub.connection.agent, sub.received_ms))
+        data = b"".join(pieces)
+        core = runner.core
+
+        def work() -> _core.BatchResult:
+            res = core.process(data, parts)
+            core.sync()
+            return res
+
+        result = await runner.call(work)
+        stats.batches += 1
+        stats.accepted += result.accepted
+        stats.duplicates += result.duplicates
+        stats.rejected += result.rejected
+
+    # Errors of each part, in input order.
+    part_errors: dict[int, list[tuple[int, str, str]]] = {}
+    if result is not None:
+        for part, rel, code, message in result.errors:
+            part_errors.setdefault(part, []).append((rel, code, message))
+        if result.lines != [sub.item.lines for sub in chunks if isinstance(sub.item, Chunk)]:
+            stats.line_count_mismatches += 1
+            log.warning("the core counted lines differently from the framer: acks may be off")
+
+    # Settle each connection once: its error replies in order, then the highest line settled.
+    settled: dict[int, tuple[Connection, int, list[bytes]]] = {}
+    part = 0
+    for sub in batch:
+        conn = sub.connection
+        entry = settled.setdefault(id(conn), (conn, 0, []))
+        replies = entry[2]
+        item = sub.item
+        if isinstance(item, Chunk):
+            for rel, code, message in part_errors.get(part, ()):
+                replies.append(error_reply(item.first_line + rel - 1, code, message))
+            upto = item.first_line + item.lines - 1
+            part += 1
+        else:
+            stats.rejected += 1
+            replies.append(error_reply(item.line, item.code, item.message))
+            upto = item.line
+        settled[id(conn)] = (conn, max(entry[1], upto), replies)
+    for conn, upto, replies in settled.values():
+        conn.settle(upto, replies)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sealer
+
+
+class Sealer:
+    """Seals open segments by size, age or at shutdown, and hands them to the uploaders."""
+
+    def __init__(
+        self,
+        *,
+        runner: CoreRunner,
+        config: Config,
+        prefixes: Mapping[str, str],
+        uploads: Mapping[str, trio.MemorySendChannel[_core.SealedFile]] | None,
+        stats: PipelineStats | None = None,
+    ) -> None:
+        self.runner = runner
+        self.config = config
+        self.prefixes = prefixes
+        """trail name → destination key prefix."""
+        self.uploads = uploads
+        """trail name → uploader channel; None: sealed files stay for the uploaders' start scan."""
+        self.stats = stats if stats is not None else PipelineStats()
+        self._lock = trio.Lock()
+
+    async def check(self, *, everything: bool = False) -> list[_core.SealedFile]:
+        """Seal what the policy says is due (everything with ``everything=True``)."""
+        async with self._lock:
+            segments = await self.runner.call(self.runner.core.open_segments)
+            now_ms = time.time() * 1000
+            sealed: list[_core.SealedFile] = []
+            for seg in segments:
+                trail = self.config.trails.get(seg.trail)
+                if trail is None:
+                    continue
+                due = (
+                    everything
+                    or seg.uncompressed_bytes >= trail.seal_after_bytes
+                    or now_ms - seg.opened_at_ms >= trail.seal_after_secs * 1000
+                )
+                if not due or seg.event_count == 0:
+                    continue
+                key = layout.log_object_key(
+                    prefix=self.prefixes.get(seg.trail, ""),
+                    organization_id=trail.organization_id,
+                    account=seg.account,
+                    region=seg.region,
+                    when=datetime.now(UTC),
+                    compression=trail.compression,
+                )
+                seal = functools.partial(
+                    self.runner.core.seal, seg.trail, seg.account, seg.region, key
+                )
+                result = await self.runner.call(seal)
+                if result is None:
+                    continue
+                self.stats.sealed_files += 1
+                log.debug("sealed %s (%d events) as %s", result.path, result.event_count, key)
+                sealed.append(result)
+                if self.uploads is not None:
+                    await self.uploads[result.trail].send(result)
+            return sealed
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The 1 s sealing timer; runs until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(SEAL_CHECK_SECS)
+            await self.check()
