@@ -240,6 +240,9 @@ class DigestWriter:
         end_epoch = max(now, start_epoch + 1)
         if previous is not None:
             end_epoch = max(end_epoch, parse_time(previous["end"]) + 1)
+        else:
+            # never reuse the key of a digest the lost state no longer knows about
+            end_epoch = max(end_epoch, self._restart_floor(stream, account, region) + 1)
         start, end = format_time(start_epoch), format_time(end_epoch)
         key = layout.digest_object_key(
             prefix=self.destination.prefix,
@@ -250,8 +253,6 @@ class DigestWriter:
             home_region=self.config.daemon.region,
             end=datetime.fromtimestamp(end_epoch, UTC),
         )
-        if previous is None:
-            self._warn_if_restarting(stream, key)
         bucket = self.destination.bucket
         files = [json.loads(line) for line in lines]
         raw = build_digest(
@@ -282,25 +283,37 @@ class DigestWriter:
         replace_atomically(self.state.pending_path, json.dumps(pending).encode())
         return pending
 
-    def _warn_if_restarting(self, stream: str, key: str) -> None:
-        """A starting digest when the destination already holds digests of this stream means
-        the chain state was lost: say so (the validator will see two chains)."""
-        if stream in self._warned:
-            return
-        self._warned.add(stream)
-        directory = key.rsplit("/", 4)[0] + "/"
-        existing = [k for k in self.destination.list_keys(directory) if k != key]
-        if existing:
+    def _restart_floor(self, stream: str, account: str, region: str) -> int:
+        """For a starting digest: the newest end among digests of this stream and trail already
+        in the destination (0 when none). When there are some, the chain state was lost: say
+        so once (the validator will see two chains)."""
+        probe = layout.digest_object_key(
+            prefix=self.destination.prefix,
+            organization_id=self.trail.organization_id,
+            account=account,
+            region=region,
+            trail_name=self.trail.name,
+            home_region=self.config.daemon.region,
+            end=datetime.fromtimestamp(0, UTC),
+        )
+        directory = probe.rsplit("/", 4)[0] + "/"
+        ends = []
+        for k in self.destination.list_keys(directory):
+            parts = layout.parse_digest_key(k)
+            if parts is not None and parts.trail_name == self.trail.name:
+                ends.append(int(parts.end.timestamp()))
+        if ends and stream not in self._warned:
+            self._warned.add(stream)
             log.warning(
                 "trail %s: no digest chain state for stream %s in %s but %d digests exist in %s; "
-                "the digest chain restarts with %s",
+                "the digest chain restarts (the next digest starts a new chain)",
                 self.trail.name,
                 stream,
                 self.state.digests_path,
-                len(existing),
+                len(ends),
                 self.destination.url,
-                key,
             )
+        return max(ends, default=0)
 
     def _plan(self) -> dict[str, list[str]]:
         """Streams to digest now, each with the delivered lines it will list (blocking)."""
