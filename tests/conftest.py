@@ -102,8 +102,12 @@ class DaemonProcess:
     def connect_unix(self, timeout: float = 30.0) -> socket.socket:
         assert self.unix_socket is not None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(str(self.unix_socket))
+        try:
+            sock.settimeout(timeout)
+            sock.connect(str(self.unix_socket))
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     def connect_tcp(self, timeout: float = 30.0) -> socket.socket:

@@ -5,7 +5,9 @@ SIGTERM that seals and delivers everything that was acknowledged."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import tempfile
 import threading
 import uuid
 from typing import Any
@@ -249,3 +251,19 @@ def test_socket_in_use_is_refused(daemon: Any) -> None:
     # The first daemon still works.
     with d.connect_unix() as sock:
         assert exchange(sock, ndjson([event()]))[-1] == {"ack": 1}
+
+
+def test_sd_notify_ready_and_stopping(daemon: Any) -> None:
+    notify_dir = tempfile.mkdtemp(prefix="ts-n-", dir="/tmp")
+    path = f"{notify_dir}/notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(30)
+        try:
+            d = daemon(env={"NOTIFY_SOCKET": path})
+            assert listener.recv(4096) == b"READY=1"
+            d.proc.send_signal(15)
+            assert listener.recv(4096) == b"STOPPING=1"
+            assert d.proc.wait(timeout=30) == 0
+        finally:
+            shutil.rmtree(notify_dir, ignore_errors=True)
