@@ -5,28 +5,32 @@ batch. Every method that does per-event work or file I/O releases the GIL.
 
 Spool layout owned by :class:`Core` (one directory per trail under ``spool_dir``)::
 
-    <spool_dir>/<trail>/open/<seq>-<account>-<region>.seg        open segment: zstd frames
-    <spool_dir>/<trail>/open/<seq>-<account>-<region>.seg.json   its metadata (chain start, opened at)
-    <spool_dir>/<trail>/sealed/<seq>-<account>-<region>.log      sealed log file (compressed bytes, final)
-    <spool_dir>/<trail>/sealed/<seq>-<account>-<region>.json     its manifest (SealedFile fields as JSON)
-    <spool_dir>/<trail>/heads.json                               chain head per stream (account/region)
-    <spool_dir>/dedup.ids                                        eventID journal (last ``dedup_capacity`` IDs)
+    <trail>/open/<seq>-<account>-<region>.seg       open segment: zstd frames
+    <trail>/open/<seq>-<account>-<region>.seg.json  its metadata (chain start, opened at)
+    <trail>/sealed/<seq>-<account>-<region>.log     sealed log file (compressed bytes, final)
+    <trail>/sealed/<seq>-<account>-<region>.json    its manifest (SealedFile fields as JSON)
+    <trail>/heads.json                              last seq, chain head per stream (account/region)
+    dedup.ids                                       eventID journal (last ``dedup_capacity`` IDs)
+
+(``<region>`` is escaped in file names: bytes other than ``[A-Za-z0-9._-]`` become ``%XX``.)
 
 ``seq`` is a zero-padded 12-digit number, increasing per trail across restarts, so
 sorting file names gives delivery order.
 """
 
-from typing import final
+from typing import Self, final
+
+from trailseal.errors import TrailsealError
 
 __version__: str
 
-class CoreError(Exception):
+class CoreError(TrailsealError):
     """I/O or state error inside the core (message names the file and what failed)."""
 
 @final
 class BatchResult:
     accepted: int
-    """Events newly written (summed over trails: an event counts once however many trails take it)."""
+    """Events newly written (an event counts once however many trails take it)."""
     duplicates: int
     """Events whose eventID was already in the dedup window (acknowledged, not written)."""
     rejected: int
@@ -69,12 +73,14 @@ class SealedFile:
     chain_start: str
     chain_end: str
     compression: str
+    """Always "zstd" (the spool's format; a gzip trail transcodes at delivery, same sha256)."""
     compressed_bytes: int
     uncompressed_bytes: int
 
 @final
 class VerifyReport:
     sha256: str
+    """Lower-case hex SHA-256 of the uncompressed content; "" when the data did not decompress."""
     event_count: int
     oldest_event_time: str | None
     newest_event_time: str | None
@@ -82,14 +88,19 @@ class VerifyReport:
     chain_end: str
     event_ids: list[str]
     problems: list[str]
-    """Empty when the file is a well-formed log file: content layout of FORMATS.md §4, every event in
-    canonical form, the chain from ``chain_start`` to ``chain_end`` recomputed. Each problem names the
-    event index (from 1) and what is wrong."""
+    """Empty when the file is a well-formed log file: content layout of FORMATS.md §4, every
+    event in canonical form, the chain from ``chain_start`` to ``chain_end`` recomputed. Each
+    problem names the event index (from 1) and what is wrong. Swapped or altered events that
+    are still canonical show as a ``chain_end``/``sha256`` differing from the digest's."""
 
 @final
 class Core:
-    def __init__(
-        self,
+    """The spool of one daemon. Thread-safe (calls are serialized). After a CoreError from
+    ``process``, ``sync`` or ``seal`` it refuses further work: open a new Core on the same
+    ``spool_dir`` (after dropping this one) to recover from what is on disk."""
+
+    def __new__(
+        cls,
         spool_dir: str,
         trails: list[str],
         *,
@@ -99,9 +110,11 @@ class Core:
         add_receipt: bool = True,
         dedup_capacity: int = 1_000_000,
         zstd_level: int = 3,
-    ) -> None:
-        """Open (creating if needed) the spool, recover every open segment (torn tail truncated to
-        the last whole frame, chain head recomputed) and load the dedup journal. Raises CoreError."""
+    ) -> Self:
+        """Open (creating if needed) the spool, recover every open segment (torn tail truncated
+        to the last whole frame, chain head recomputed) and load the dedup journal. A segment
+        closed by a seal that was cut short is moved to ``sealed/`` when its manifest was
+        written, else reopened. Raises CoreError. Only one Core may use a spool at a time."""
 
     def recovery_notes(self) -> list[str]:
         """Human-readable notes of what recovery did at open (truncated tails, restarted chains)."""
@@ -134,10 +147,10 @@ class Core:
         """Delete a delivered sealed file and its manifest."""
 
 def canonicalize(data: bytes) -> bytes:
-    """RFC 8785 canonical form of one JSON text (any value). Raises ValueError naming the problem."""
+    """RFC 8785 canonical form of one JSON text (any value). Raises ValueError naming it."""
 
 def chain_step(previous: bytes, canonical_event: bytes) -> bytes:
-    """``SHA-256(previous ‖ SHA-256(canonical_event))`` (FORMATS.md §3); ``previous`` is 32 bytes."""
+    """``SHA-256(previous ‖ SHA-256(canonical_event))`` (FORMATS.md §3); ``previous``: 32 bytes."""
 
 def verify_log(data: bytes, compression: str, chain_start: str) -> VerifyReport:
     """Verify one log file's bytes (``compression`` "zstd" or "gzip"). Releases the GIL."""

@@ -1,8 +1,362 @@
 //! `trailseal._core`: the thin PyO3 binding over trailseal-core.
+//!
+//! Conversions only: every per-event operation lives in trailseal-core. The GIL is released
+//! (`py.detach`) around every call that does per-event work or file I/O; `Core` is a frozen class
+//! holding a `Mutex<Spool>`, so trio worker threads may call it concurrently. `CoreError` (a
+//! subclass of `trailseal.errors.TrailsealError`) is raised from exactly one place: [`core_err`].
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyType};
+
+use trailseal_core::spool::{self, Part, Spool, SpoolConfig};
+use trailseal_core::{chain, verify, CoreError};
+
+static CORE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+fn core_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    CORE_ERROR
+        .get_or_try_init(py, || {
+            let base = py
+                .import("trailseal.errors")?
+                .getattr("TrailsealError")?
+                .cast_into::<PyType>()?;
+            PyErr::new_type(
+                py,
+                c"trailseal._core.CoreError",
+                Some(
+                    c"I/O or state error inside the core (message names the file and what failed).",
+                ),
+                Some(&base),
+                None,
+            )
+        })
+        .map(|t| t.bind(py))
+}
+
+/// The one mapping of core errors to Python.
+fn core_err(e: CoreError) -> PyErr {
+    Python::attach(|py| match core_error_type(py) {
+        Ok(t) => PyErr::from_type(t.clone(), e.to_string()),
+        Err(import_failed) => import_failed,
+    })
+}
+
+#[pyclass(frozen, get_all, module = "trailseal._core")]
+struct BatchResult {
+    accepted: u64,
+    duplicates: u64,
+    rejected: u64,
+    errors: Vec<(usize, u64, String, String)>,
+    lines: Vec<u64>,
+    uncompressed_bytes: u64,
+    compressed_bytes: u64,
+}
+
+#[pymethods]
+impl BatchResult {
+    fn __repr__(&self) -> String {
+        format!(
+            "BatchResult(accepted={}, duplicates={}, rejected={}, lines={:?})",
+            self.accepted, self.duplicates, self.rejected, self.lines
+        )
+    }
+}
+
+#[pyclass(frozen, get_all, module = "trailseal._core")]
+struct OpenSegment {
+    trail: String,
+    account: String,
+    region: String,
+    seq: u64,
+    path: String,
+    event_count: u64,
+    uncompressed_bytes: u64,
+    opened_at_ms: i64,
+}
+
+#[pymethods]
+impl OpenSegment {
+    fn __repr__(&self) -> String {
+        format!(
+            "OpenSegment(trail={:?}, account={:?}, region={:?}, seq={}, event_count={})",
+            self.trail, self.account, self.region, self.seq, self.event_count
+        )
+    }
+}
+
+#[pyclass(frozen, get_all, module = "trailseal._core")]
+struct SealedFile {
+    trail: String,
+    account: String,
+    region: String,
+    seq: u64,
+    object_key: String,
+    path: String,
+    manifest_path: String,
+    sha256: String,
+    event_count: u64,
+    oldest_event_time: String,
+    newest_event_time: String,
+    chain_start: String,
+    chain_end: String,
+    compression: String,
+    compressed_bytes: u64,
+    uncompressed_bytes: u64,
+}
+
+#[pymethods]
+impl SealedFile {
+    fn __repr__(&self) -> String {
+        format!(
+            "SealedFile(trail={:?}, seq={}, object_key={:?}, event_count={})",
+            self.trail, self.seq, self.object_key, self.event_count
+        )
+    }
+}
+
+impl From<spool::SealedFile> for SealedFile {
+    fn from(s: spool::SealedFile) -> Self {
+        SealedFile {
+            trail: s.trail,
+            account: s.account,
+            region: s.region,
+            seq: s.seq,
+            object_key: s.object_key,
+            path: s.path.to_string_lossy().into_owned(),
+            manifest_path: s.manifest_path.to_string_lossy().into_owned(),
+            sha256: s.sha256,
+            event_count: s.event_count,
+            oldest_event_time: s.oldest_event_time,
+            newest_event_time: s.newest_event_time,
+            chain_start: s.chain_start,
+            chain_end: s.chain_end,
+            compression: s.compression,
+            compressed_bytes: s.compressed_bytes,
+            uncompressed_bytes: s.uncompressed_bytes,
+        }
+    }
+}
+
+#[pyclass(frozen, get_all, module = "trailseal._core")]
+struct VerifyReport {
+    sha256: String,
+    event_count: u64,
+    oldest_event_time: Option<String>,
+    newest_event_time: Option<String>,
+    chain_start: String,
+    chain_end: String,
+    event_ids: Vec<String>,
+    problems: Vec<String>,
+}
+
+#[pymethods]
+impl VerifyReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "VerifyReport(event_count={}, problems={:?})",
+            self.event_count, self.problems
+        )
+    }
+}
+
+#[pyclass(frozen, module = "trailseal._core")]
+struct Core {
+    spool: Mutex<Spool>,
+}
+
+impl Core {
+    fn lock(&self) -> Result<MutexGuard<'_, Spool>, CoreError> {
+        self.spool.lock().map_err(|_| {
+            CoreError::Invalid(
+                "the core stopped after a panic in another thread; open it again to recover".into(),
+            )
+        })
+    }
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (spool_dir, trails, *, account_id, region, max_event_bytes = 262_144,
+                        add_receipt = true, dedup_capacity = 1_000_000, zstd_level = 3))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        spool_dir: String,
+        trails: Vec<String>,
+        account_id: String,
+        region: String,
+        max_event_bytes: usize,
+        add_receipt: bool,
+        dedup_capacity: usize,
+        zstd_level: i32,
+    ) -> PyResult<Self> {
+        let cfg = SpoolConfig {
+            spool_dir: spool_dir.into(),
+            trails,
+            account_id,
+            region,
+            max_event_bytes,
+            add_receipt,
+            dedup_capacity,
+            zstd_level,
+        };
+        let spool = py.detach(|| Spool::open(cfg)).map_err(core_err)?;
+        Ok(Core {
+            spool: Mutex::new(spool),
+        })
+    }
+
+    fn recovery_notes(&self) -> PyResult<Vec<String>> {
+        Ok(self.lock().map_err(core_err)?.recovery_notes().to_vec())
+    }
+
+    fn process(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        parts: Vec<(usize, String, Option<String>, i64)>,
+    ) -> PyResult<BatchResult> {
+        let parts: Vec<Part> = parts
+            .into_iter()
+            .map(|(end, peer, agent, received_at_ms)| Part {
+                end,
+                peer,
+                agent,
+                received_at_ms,
+            })
+            .collect();
+        let r = py
+            .detach(|| self.lock()?.process(data, &parts))
+            .map_err(core_err)?;
+        Ok(BatchResult {
+            accepted: r.accepted,
+            duplicates: r.duplicates,
+            rejected: r.rejected,
+            errors: r
+                .errors
+                .into_iter()
+                .map(|(p, l, code, msg)| (p, l, code.to_owned(), msg))
+                .collect(),
+            lines: r.lines,
+            uncompressed_bytes: r.uncompressed_bytes,
+            compressed_bytes: r.compressed_bytes,
+        })
+    }
+
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.lock()?.sync()).map_err(core_err)
+    }
+
+    fn open_segments(&self) -> PyResult<Vec<OpenSegment>> {
+        let spool = self.lock().map_err(core_err)?;
+        Ok(spool
+            .open_segments()
+            .into_iter()
+            .map(|s| OpenSegment {
+                trail: s.trail,
+                account: s.account,
+                region: s.region,
+                seq: s.seq,
+                path: s.path.to_string_lossy().into_owned(),
+                event_count: s.event_count,
+                uncompressed_bytes: s.uncompressed_bytes,
+                opened_at_ms: s.opened_at_ms,
+            })
+            .collect())
+    }
+
+    fn seal(
+        &self,
+        py: Python<'_>,
+        trail: &str,
+        account: &str,
+        region: &str,
+        object_key: &str,
+    ) -> PyResult<Option<SealedFile>> {
+        let r = py
+            .detach(|| self.lock()?.seal(trail, account, region, object_key))
+            .map_err(core_err)?;
+        Ok(r.map(SealedFile::from))
+    }
+
+    fn sealed_files(&self, py: Python<'_>, trail: &str) -> PyResult<Vec<SealedFile>> {
+        let r = py
+            .detach(|| self.lock()?.sealed_files(trail))
+            .map_err(core_err)?;
+        Ok(r.into_iter().map(SealedFile::from).collect())
+    }
+
+    fn remove_sealed(&self, py: Python<'_>, trail: &str, seq: u64) -> PyResult<()> {
+        py.detach(|| self.lock()?.remove_sealed(trail, seq))
+            .map_err(core_err)
+    }
+}
+
+#[pyfunction]
+fn canonicalize<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let out = trailseal_core::canonical::canonicalize(data)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn chain_step<'py>(
+    py: Python<'py>,
+    previous: &[u8],
+    canonical_event: &[u8],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let prev: chain::ChainValue = previous.try_into().map_err(|_| {
+        PyValueError::new_err(format!(
+            "previous chain value must be 32 bytes, got {}",
+            previous.len()
+        ))
+    })?;
+    Ok(PyBytes::new(py, &chain::step(&prev, canonical_event)))
+}
+
+#[pyfunction]
+fn verify_log(
+    py: Python<'_>,
+    data: &[u8],
+    compression: &str,
+    chain_start: &str,
+) -> PyResult<VerifyReport> {
+    let comp = verify::Compression::parse(compression).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "compression {compression:?} is not known: use \"zstd\" or \"gzip\""
+        ))
+    })?;
+    let start = chain::from_hex(chain_start).ok_or_else(|| {
+        PyValueError::new_err(format!("chain_start {chain_start:?} is not 64 hex digits"))
+    })?;
+    let r = py.detach(|| verify::verify_log(data, comp, &start));
+    Ok(VerifyReport {
+        sha256: r.sha256,
+        event_count: r.event_count,
+        oldest_event_time: r.oldest_event_time,
+        newest_event_time: r.newest_event_time,
+        chain_start: r.chain_start,
+        chain_end: r.chain_end,
+        event_ids: r.event_ids,
+        problems: r.problems,
+    })
+}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("CoreError", core_error_type(m.py())?)?;
+    m.add_class::<Core>()?;
+    m.add_class::<BatchResult>()?;
+    m.add_class::<OpenSegment>()?;
+    m.add_class::<SealedFile>()?;
+    m.add_class::<VerifyReport>()?;
+    m.add_function(wrap_pyfunction!(canonicalize, m)?)?;
+    m.add_function(wrap_pyfunction!(chain_step, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_log, m)?)?;
     Ok(())
 }
