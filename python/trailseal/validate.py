@@ -411,7 +411,7 @@ def _load_keys(args: argparse.Namespace, dest: Destination) -> dict[str, rsa.RSA
         for key in load_public_keys_pem(data, f"--public-key {path}"):
             keys[fingerprint_of(key)] = key
     if args.keys_from_destination:
-        prefix = layout.public_key_object_key(dest.prefix, "")
+        prefix = layout.join_key(dest.prefix, f"{layout.PUBLIC_KEYS_DIR}/")
         for obj in dest.list_keys(prefix):
             if obj.endswith(".pem"):
                 for key in load_public_keys_pem(dest.get_bytes(obj), obj):
