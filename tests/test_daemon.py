@@ -267,3 +267,23 @@ def test_sd_notify_ready_and_stopping(daemon: Any) -> None:
             assert d.proc.wait(timeout=30) == 0
         finally:
             shutil.rmtree(notify_dir, ignore_errors=True)
+
+
+def test_full_spool_stops_ingest_until_shutdown_drains(daemon: Any) -> None:
+    from conftest import wait_until
+
+    d = daemon(ingest={"spool_max_bytes": 1})
+    first, second = event(), event()
+    with d.connect_unix() as sock:
+        sock.sendall(ndjson([first]))
+        assert read_until_ack(sock, 1)[-1] == {"ack": 1}
+        wait_until(lambda: "spool is full" in d.stderr(), what="the spool-full error")
+        sock.sendall(ndjson([second]))
+        sock.settimeout(1.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(100)  # not acknowledged while the spool is over its cap
+        sock.settimeout(30)
+        d.proc.send_signal(15)
+        assert list(read_replies(sock)) == [{"ack": 2}]
+    assert d.proc.wait(timeout=30) == 0
+    assert [r["eventID"] for r in delivered_records(d)] == [first["eventID"], second["eventID"]]

@@ -256,6 +256,7 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                                 trio.current_time() + config.daemon.shutdown_timeout_secs
                             )
                             ingest.stop()
+                            sealer.drain()
                         # every connection got its final ack
                         await submit.aclose()
                         timer.cancel()

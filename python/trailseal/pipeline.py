@@ -187,6 +187,8 @@ async def run_batcher(
                 first = await submissions.receive()
             except trio.EndOfChannel:
                 return
+            if sealer is not None:
+                await sealer.wait_spool_room()
             batch = [first]
             size = _size(first)
             while len(batch) < BATCH_MAX_CHUNKS and size < BATCH_MAX_BYTES:
@@ -287,6 +289,46 @@ class Sealer:
         """trail name → uploader channel; None: sealed files stay for the uploaders' start scan."""
         self.stats = stats if stats is not None else PipelineStats()
         self._lock = trio.Lock()
+        self.spool_bytes = 0
+        """Sealed-but-undelivered plus open bytes, as of the last timer tick."""
+        self.draining = False
+        """Shutdown: the spool cap no longer holds the batcher back."""
+        self._room = trio.Event()
+        self._room.set()
+
+    async def wait_spool_room(self) -> None:
+        """Hold the batcher (and so, through the full channel, every reader) while the spool is
+        over ``[ingest] spool_max_bytes``: backpressure instead of dropping."""
+        await self._room.wait()
+
+    def drain(self) -> None:
+        """At shutdown: let the batcher finish what was read even over the cap."""
+        self.draining = True
+        self._room.set()
+
+    async def measure_spool(self) -> None:
+        core = self.runner.core
+
+        def usage() -> int:
+            total = sum(seg.uncompressed_bytes for seg in core.open_segments())
+            for trail in self.config.trails:
+                total += sum(f.compressed_bytes for f in core.sealed_files(trail))
+            return total
+
+        self.spool_bytes = await self.runner.call(usage)
+        cap = self.config.ingest.spool_max_bytes
+        full = cap > 0 and self.spool_bytes >= cap and not self.draining
+        if full and self._room.is_set():
+            log.error(
+                "spool is full (%d bytes >= [ingest] spool_max_bytes=%d): ingest stops reading "
+                "until the destination takes sealed files",
+                self.spool_bytes,
+                cap,
+            )
+            self._room = trio.Event()
+        elif not full and not self._room.is_set():
+            log.warning("spool has room again (%d bytes): ingest resumes", self.spool_bytes)
+            self._room.set()
 
     async def check(self, *, everything: bool = False) -> list[_core.SealedFile]:
         """Seal what the policy says is due (everything with ``everything=True``)."""
@@ -332,3 +374,4 @@ class Sealer:
         while True:
             await trio.sleep(SEAL_CHECK_SECS)
             await self.check()
+            await self.measure_spool()
