@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ import pytest
 import trio
 
 from reference import ZERO_CHAIN, build_log, compress, verify_digest
+from trailseal import _core
 from trailseal.config import ApiConfig, Config, DaemonConfig, IngestConfig, TrailConfig
-from trailseal.delivery import layout
+from trailseal.delivery import layout, uploader
 from trailseal.delivery.destination import FileDestination, open_destination
 from trailseal.delivery.digest import DigestWriter
 from trailseal.delivery.signer import Signer
@@ -323,3 +325,77 @@ def test_state_lost_restarts_chain_with_warning(
     docs = [s.doc(k) for k in s.digests()]
     assert len(docs) == 2
     assert all(d["previousDigestSignature"] is None for d in docs)
+
+
+# -- the uploader (needs the Rust core) ------------------------------------------------------
+
+needs_core = pytest.mark.skipif(
+    not hasattr(_core, "Core"), reason="trailseal._core built without Core (rebuild with maturin)"
+)
+
+
+def _seal(core: Any, n: int, tag: str) -> Any:
+    lines = [
+        json.dumps({"eventName": "GetObject", "eventSource": "s3", "eventID": f"{tag}-{i}"})
+        for i in range(n)
+    ]
+    data = ("\n".join(lines) + "\n").encode()
+    core.process(data, [(len(data), "unix:uid=0,pid=1", None, 1_700_000_000_000)])
+    core.sync()
+    key = layout.log_object_key(
+        prefix="",
+        organization_id="",
+        account=ACCOUNT,
+        region=REGION,
+        when=datetime.now(UTC),
+        compression="zstd",
+    )
+    return core.seal("main", ACCOUNT, REGION, key)
+
+
+@needs_core
+def test_uploader_delivers_leftovers_once_and_retries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = Setup(tmp_path)
+    core = _core.Core(str(tmp_path / "spool"), ["main"], account_id=ACCOUNT, region=REGION)
+    first, second = _seal(core, 2, "a"), _seal(core, 3, "b")
+    # a crash after recording `first` but before removing it from the spool
+    s.state.ensure_dir()
+    assert s.state.append_delivered(uploader.log_file_entry(first, "bucket"))
+    # the destination is unreachable at first: a file stands where its directory should be
+    blocked_url = f"file://{tmp_path}/blocked/bucket"
+    (tmp_path / "blocked").write_text("not a directory")
+    dest = open_destination(blocked_url, host_id="h")
+
+    async def main() -> None:
+        send, receive = trio.open_memory_channel[Any](4)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(
+                    uploader.run,
+                    core=core,
+                    trail=s.trail,
+                    destination=dest,
+                    state_dir=s.state_dir,
+                    sealed=receive,
+                )
+            )
+            with trio.fail_after(30):
+                while not any("retrying" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            (tmp_path / "blocked").unlink()
+            third = _seal(core, 1, "c")
+            await send.send(third)
+            await send.aclose()
+
+    with caplog.at_level(logging.WARNING):
+        trio.run(main)
+    assert core.sealed_files("main") == []
+    keys = [json.loads(line)["s3Object"] for line in s.state.read_delivered_lines()]
+    assert keys == [first.object_key, second.object_key, keys[2]]  # in seq order, each once
+    assert len(set(keys)) == 3
+    assert all((tmp_path / "blocked" / "bucket" / k).is_file() for k in keys)
+    assert any(
+        r.levelno == logging.WARNING and "retrying" in r.getMessage() for r in caplog.records
+    )
