@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from trailseal.client import (
     DaemonUnreachableError,
     InvalidLineError,
     Rejection,
+    SendResult,
     Target,
     _prepare,
     _Tracker,
@@ -628,3 +630,93 @@ def test_default_target_is_the_daemons_socket_else_tcp(clean_env: Path) -> None:
     finally:
         s.close()
         os.unlink(sock_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the real daemon (conftest.py's ``daemon`` fixture)
+
+
+def delivered_records(bucket: Path) -> list[dict[str, object]]:
+    """Every record of every delivered log file under ``bucket``."""
+    import zstandard
+
+    records: list[dict[str, object]] = []
+    for path in sorted(bucket.rglob("*.json.zst")):
+        with path.open("rb") as f:
+            data = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+        records.extend(json.loads(data)["Records"])
+    return records
+
+
+def test_real_daemon_rejections_and_ids(daemon: Any) -> None:
+    d = daemon()
+    lines = [
+        b'{"eventName":"A","eventSource":"s","i":0}',
+        b"",
+        b"{nope",
+        b'{"eventName":"B","eventSource":"s","eventID":"fixed-id","i":1}',
+        b"[1]",
+        b'{"eventSource":"s"}',
+        b'{"eventName":"C","eventSource":"s","recipientAccountId":"12","i":9}',
+        b'{"eventName":"D","eventSource":"s","i":2}',
+    ]
+    with Client.connect(socket=d.unix_socket) as c:
+        result = c.send(lines)
+    assert [(r.line_number, r.code) for r in result.rejections] == [
+        (3, "InvalidJson"),
+        (5, "NotAnObject"),
+        (6, "MissingField"),
+        (7, "InvalidField"),
+    ]
+    assert result.accepted == 3
+    assert d.stop() == 0
+    records = delivered_records(d.bucket)
+    assert [r["i"] for r in records] == [0, 1, 2]
+    assert records[1]["eventID"] == "fixed-id"
+    assert all(uuid.UUID(str(r["eventID"])).version == 4 for r in (records[0], records[2]))
+
+
+def test_real_daemon_kill_9_mid_send_no_loss_no_duplicate(daemon: Any) -> None:
+    """Kill -9 the daemon in the middle of a send, restart it on the same data dir and socket:
+    the send completes, and the sealed output holds every event exactly once."""
+    d1 = daemon()
+    n = 20_000
+    reached = threading.Event()
+    killed = threading.Event()
+
+    def produce() -> Iterator[bytes]:
+        for i in range(n):
+            if i == n // 3:
+                reached.set()
+                killed.wait(60)
+            yield b'{"eventName":"PutItem","eventSource":"dynamodb","i":%d}' % i
+
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(send(produce(), socket=d1.unix_socket, window_bytes=256 * 1024))
+        except BaseException as e:
+            box.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert reached.wait(60)
+        d1.kill()
+        killed.set()
+        d2 = daemon(
+            data_dir=d1.data_dir,
+            ingest={"unix_socket": d1.unix_socket, "tcp_listen": f"127.0.0.1:{d1.tcp[1]}"},
+        )
+    finally:
+        killed.set()
+        t.join(timeout=120)
+    result = box[0]
+    assert isinstance(result, SendResult), result
+    assert result.accepted == n and result.ok
+    assert result.reconnects >= 1
+    assert d2.stop() == 0, d2.stderr()
+    records = delivered_records(d1.bucket)
+    assert sorted(int(r["i"]) for r in records) == list(range(n))  # type: ignore[call-overload]
+    assert len({r["eventID"] for r in records}) == n

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,3 +231,34 @@ def test_progress_bar_only_on_a_terminal(fake: FakeDaemon, tmp_path: Path) -> No
     code, out = _run_on_pty("--socket", fake.path, "--no-progress", f)
     assert code == 0
     assert out.strip() == b"sent 20000 events, 0 rejected"
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the real daemon (conftest.py's ``daemon`` fixture)
+
+
+def test_real_daemon_37_bad_lines_of_10000(daemon: Any, tmp_path: Path) -> None:
+    d = daemon()
+    f = tmp_path / "mixed.ndjson"
+    expected = write_mixed_file(f)
+    p = run_send("--config", d.config_path, "--no-progress", f)
+    assert p.returncode == 1, p.stderr
+    got = parse_rejections(p.stdout)
+    assert [(line, code) for _, line, code in got] == expected, p.stdout.decode()[:2000]
+    assert {prefix for prefix, _, _ in got} == {""}
+    blank = sum(1 for line in f.read_bytes().split(b"\n")[:-1] if not line.strip())
+    assert p.stderr.decode().strip().endswith(f"sent {10_000 - blank} events, 37 rejected")
+
+
+def test_real_daemon_tcp_token(daemon: Any) -> None:
+    token = "tok-0123456789abcdef"
+    d = daemon(tokens={"agent1": token})
+    addr = f"{d.tcp[0]}:{d.tcp[1]}"
+    ok = run_send("--tcp", addr, "--token", token, stdin=b'{"eventName":"A","eventSource":"s"}\n')
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr.decode().strip() == "sent 1 events, 0 rejected"
+    bad = run_send(
+        "--tcp", addr, "--token", "wrong", stdin=b'{"eventName":"A","eventSource":"s"}\n'
+    )
+    assert bad.returncode == 2
+    assert "token" in bad.stderr.decode()
