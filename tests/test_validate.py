@@ -75,7 +75,9 @@ def _events(n: int, tag: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def produce(root: Path, files: tuple[int, ...] = (3, 2, 4, 1, 2), digest_after: int = 2) -> Produced:
+def produce(
+    root: Path, files: tuple[int, ...] = (3, 2, 4, 1, 2), digest_after: int = 2
+) -> Produced:
     """Feed events through a real Core, uploader and DigestWriter; digests every
     ``digest_after`` files and a final one."""
     bucket = root / "bucket"
@@ -442,3 +444,15 @@ def test_any_flipped_content_byte_fails(
     assert code == 1, out
     assert key in out
     shutil.rmtree(root)
+
+
+def test_corrupt_compressed_digest_is_reported(
+    produced: Produced, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flipped byte in a digest's deflate data is a finding, not a crash."""
+    key = produced.digests()[0]
+    path = produced.bucket / key
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    _invalid(produced, capsys, key, "cannot be read")

@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import json
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,7 +144,7 @@ class Validator:
                 raise ValueError("not a JSON object")
             d.doc = doc
             d.readable = True
-        except (OSError, EOFError, ValueError, gzip.BadGzipFile, TrailsealError) as e:
+        except (OSError, EOFError, ValueError, zlib.error, TrailsealError) as e:
             d.problems.append(f"cannot be read as a gzip JSON digest ({e})")
         if d.readable:
             try:
