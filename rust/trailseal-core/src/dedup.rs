@@ -100,9 +100,12 @@ impl Dedup {
     }
 
     /// Add an ID to the window (evicting the oldest past capacity). Returns false if it was
-    /// already there.
+    /// already there. A capacity of 0 disables deduplication (every ID is new).
     pub fn insert(&mut self, id: &str) -> bool {
-        if self.capacity == 0 || self.set.contains(id) {
+        if self.capacity == 0 {
+            return true;
+        }
+        if self.set.contains(id) {
             return false;
         }
         let id: Arc<str> = Arc::from(id);
@@ -124,7 +127,7 @@ impl Dedup {
             escape(id, &mut buf);
             n += 1;
         }
-        if n == 0 {
+        if n == 0 || self.capacity == 0 {
             return Ok(());
         }
         if self.journal_lines + n > 2 * self.capacity.max(1) {
