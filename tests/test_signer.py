@@ -84,3 +84,18 @@ def test_load_public_keys_pem_errors() -> None:
 
     with pytest.raises(TrailsealError, match=r"f\.pem: no '-----BEGIN PUBLIC KEY-----'"):
         load_public_keys_pem(b"hello", "f.pem")
+
+
+def test_keys_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trailseal import cli
+
+    cfg = tmp_path / "trailseal.toml"
+    cfg.write_text(f'[daemon]\ndata_dir = "{tmp_path / "data"}"\n')
+    assert cli.main(["keys", "export", "--config", str(cfg)]) == 1
+    assert "no public keys" in capsys.readouterr().err
+    s = Signer.load_or_create(tmp_path / "data" / "keys")
+    assert cli.main(["keys", "export", "--config", str(cfg)]) == 0
+    out = capsys.readouterr()
+    (key,) = load_public_keys_pem(out.out.encode(), "stdout")
+    assert fingerprint_of(key) == s.fingerprint
+    assert s.fingerprint in out.err
