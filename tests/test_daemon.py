@@ -4,6 +4,7 @@ SIGTERM that seals and delivers everything that was acknowledged."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import socket
@@ -37,10 +38,17 @@ def ndjson(events: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(e).encode() + b"\n" for e in events)
 
 
+def decompress(data: bytes) -> bytes:
+    """All zstd frames of a log file (the core writes one frame per batch)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    with reader:
+        return reader.read()
+
+
 def delivered_records(d: DaemonProcess) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for path in d.log_files():
-        content = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+        content = decompress(path.read_bytes())
         assert content.startswith(b'{"Records":[\n') and content.endswith(b"\n]}\n")
         records += json.loads(content)["Records"]
     return records
@@ -96,7 +104,7 @@ def test_content_is_canonical_form(daemon: Any) -> None:
         assert exchange(sock, ndjson([sent]))[-1] == {"ack": 1}
     assert d.stop() == 0
     (path,) = d.log_files()
-    content = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    content = decompress(path.read_bytes())
     lines = content.split(b"\n")
     assert lines[0] == b'{"Records":[' and lines[-2:] == [b"]}", b""]
     (stored,) = lines[1:-2]

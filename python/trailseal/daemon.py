@@ -170,17 +170,18 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
     prefixes = {name: dest.prefix for name, dest in prepared.destinations.items()}
     data_dir = config.daemon.data_dir
 
-    # Crash recovery: seal what the last run left open; the uploaders deliver it at start.
-    recovered = await Sealer(runner=runner, config=config, prefixes=prefixes, uploads=None).check(
-        everything=True
-    )
-    if recovered:
-        log.warning("%d open segments recovered and sealed", len(recovered))
-
-    _announce(config, prepared)
     stop = trio.Event()
     ok = True
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # Crash recovery: seal what the last run left open; the uploaders deliver it at start.
+        recovered = await Sealer(
+            runner=runner, config=config, prefixes=prefixes, uploads=None
+        ).check(everything=True)
+        if recovered:
+            log.warning("%d open segments recovered and sealed", len(recovered))
+
+        _announce(config, prepared)
+
         async with trio.open_nursery() as root:
             watcher = trio.CancelScope()
             root.start_soon(_watch_signals, signals, stop, watcher)

@@ -48,7 +48,10 @@ class ListenError(TrailsealError):
 
 
 def bind_unix(path: Path, mode: int, group: str) -> socket.socket:
-    """Bind the unix socket: refuse a path served by a live process, replace a stale one."""
+    """Bind the unix socket: refuse a path served by a live process, replace a stale one.
+
+    The socket is bound, not yet listening: :meth:`Ingest.serve` listens once the daemon is
+    ready, so a client (or a test) that can connect knows the daemon handles signals."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         st = path.lstat()
@@ -85,7 +88,6 @@ def bind_unix(path: Path, mode: int, group: str) -> socket.socket:
                     f"[ingest] unix_socket_group: no group named {group!r} on this host"
                 ) from None
             os.chown(path, -1, gid)
-        sock.listen(socket.SOMAXCONN)
     except OSError as exc:
         sock.close()
         raise ListenError(f"cannot listen on unix socket {path}: {exc.strerror}") from None
@@ -105,7 +107,6 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(socket.SOMAXCONN)
     except OSError as exc:
         sock.close()
         hint = " (another process is listening there)" if exc.errno == errno.EADDRINUSE else ""
@@ -165,6 +166,7 @@ class Ingest:
     ) -> None:
         """Accept connections on ``sock`` (kind "unix" or "tcp") until :meth:`stop`; return when
         every connection has finished."""
+        sock.listen(socket.SOMAXCONN)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         scope = trio.CancelScope()
         self._accept_scopes.append(scope)
