@@ -8,6 +8,8 @@ import io
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -91,8 +93,20 @@ def test_acks_errors_and_delivery_on_sigterm(daemon: Any) -> None:
     assert records[0]["recipientAccountId"] == ACCOUNT
     assert records[0]["awsRegion"] == REGION
     assert records[0]["receipt"]["peer"].startswith("unix:uid=")
-    # Digest files were written at shutdown.
+    # Digest files were written at shutdown, and the whole destination validates.
     assert list(d.bucket.rglob("*CloudTrail-Digest*.json.gz")), d.stderr()
+    (public_key,) = (d.data_dir / "keys" / "public").glob("*.pem")
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "trailseal.cli", "validate", "--no-progress"),
+            *("--destination", f"file://{d.bucket}", "--public-key", str(public_key)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_content_is_canonical_form(daemon: Any) -> None:
