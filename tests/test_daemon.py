@@ -309,3 +309,46 @@ def test_full_spool_stops_ingest_until_shutdown_drains(daemon: Any) -> None:
         assert list(read_replies(sock)) == [{"ack": 2}]
     assert d.proc.wait(timeout=30) == 0
     assert [r["eventID"] for r in delivered_records(d)] == [first["eventID"], second["eventID"]]
+
+
+def test_client_not_reading_replies_does_not_block_others(daemon: Any) -> None:
+    d = daemon()
+    bad_lines = 20000  # ~100 bytes of error reply each: well over the reply high-water mark
+    slow = d.connect_unix(timeout=60)
+    sender = threading.Thread(target=slow.sendall, args=(b"nope\n" * bad_lines,))
+    sender.start()
+    try:
+        # While the slow client reads nothing, others are served.
+        for _ in range(3):
+            with d.connect_tcp() as sock:
+                assert exchange(sock, ndjson([event()]))[-1] == {"ack": 1}
+        sender.join(timeout=0)
+        # Now it reads: every error arrives, then the final ack.
+        got: list[dict[str, Any]] = []
+        got += read_until_ack(slow, bad_lines)
+        sender.join(timeout=60)
+        slow.shutdown(socket.SHUT_WR)
+        got += list(read_replies(slow))
+    finally:
+        sender.join(timeout=60)
+        slow.close()
+    assert [r["error"]["line"] for r in got if "error" in r] == list(range(1, bad_lines + 1))
+    assert got[-1] == {"ack": bad_lines}
+
+
+def test_client_vanishing_midway_disturbs_nothing(daemon: Any) -> None:
+    d = daemon()
+    for _ in range(3):
+        sock = d.connect_unix()
+        sock.sendall(ndjson([event() for _ in range(100)]) + b'{"eventName":"half')
+        # Abortive close (RST) with replies unread.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+        tcp = d.connect_tcp()
+        tcp.sendall(ndjson([event() for _ in range(50)]))
+        tcp.close()
+    with d.connect_unix() as sock:
+        assert exchange(sock, ndjson([event()]))[-1] == {"ack": 1}
+    assert d.stop() == 0
+    # Whatever was read before the client left is stored; the neighbour's event too.
+    assert len(delivered_records(d)) >= 1

@@ -73,10 +73,19 @@ def main(config_path: Path | None, check_only: bool) -> int:
     except TrailsealError as exc:
         print(f"trailseal: {exc}", file=sys.stderr)
         return 2
+    code = 1
     try:
-        return trio.run(_serve, config, prepared)
+        code = trio.run(_serve, config, prepared)
+    except* _core.CoreError as group:
+        for failure in group.exceptions:
+            print(
+                f"trailseal: fatal: the spool failed: {failure}; acknowledged events are safe on "
+                "disk and are recovered at the next start",
+                file=sys.stderr,
+            )
     finally:
         prepared.close()
+    return code
 
 
 # ---------------------------------------------------------------------------------------------
