@@ -278,9 +278,7 @@ impl Trail {
     }
 
     /// Parse heads.json: Ok(None) when missing, Err(message) when unreadable.
-    fn read_heads(
-        path: &Path,
-    ) -> Result<Option<std::result::Result<HeadsFile, String>>> {
+    fn read_heads(path: &Path) -> Result<Option<std::result::Result<HeadsFile, String>>> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
