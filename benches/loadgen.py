@@ -567,6 +567,8 @@ def run(
         "cores": cores,
         "transport": "tcp" if tcp else "unix",
     }
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="tsb-", dir=keep))
     try:
         if daemon:
