@@ -378,7 +378,11 @@ class Daemon:
 
     def connect_unix(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(self.unix_socket))
+        try:
+            sock.connect(str(self.unix_socket))
+        except OSError:
+            sock.close()
+            raise
         return sock
 
     def connect_tcp(self) -> socket.socket:
