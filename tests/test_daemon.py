@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -62,6 +64,7 @@ def errors_of(replies: list[dict[str, Any]]) -> list[tuple[int, str]]:
 
 def test_acks_errors_and_delivery_on_sigterm(daemon: Any) -> None:
     d = daemon()
+    assert stat.S_IMODE(os.stat(d.unix_socket).st_mode) == 0o660
     good = [event(), event("GetObject"), event("ListBuckets")]
     data = (
         ndjson(good[:1])
