@@ -94,7 +94,13 @@ pub type NodeId = usize;
 struct Span {
     start: u32,
     len: u32,
+    /// In the arena: decoded from escapes, so it must be escaped again on output. A string in
+    /// the input is already in canonical form: jiter refuses raw control characters, and a `"` or
+    /// `\` in it would have been an escape.
     in_arena: bool,
+    /// Holds a character ≥ U+E000 (a UTF-8 byte ≥ 0xEE): only then can UTF-16 order differ from
+    /// byte order (set for member names only).
+    high: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +129,8 @@ enum Node {
 struct Member {
     key: Span,
     value: u32,
+    /// The name's first 8 bytes, zero-padded, big-endian: most comparisons end here.
+    prefix: u64,
 }
 
 /// The JSON type of a value, for validation messages.
@@ -158,6 +166,8 @@ pub enum Extra<'x> {
     Str(&'x str),
     /// Bytes that already are canonical JSON.
     Raw(&'x [u8]),
+    /// An object of string-or-null members, given in canonical (sorted) order.
+    StrMap(&'x [(&'x str, Option<&'x str>)]),
 }
 
 /// A parsed, checked JSON text whose canonical bytes can be written.
@@ -272,7 +282,7 @@ impl<'a, 's> Document<'a, 's> {
             Node::True => out.extend_from_slice(b"true"),
             Node::False => out.extend_from_slice(b"false"),
             Node::Number(span) => out.extend_from_slice(self.span(span)),
-            Node::String(span) => write_string(out, self.span(span)),
+            Node::String(span) => self.write_span_string(out, span),
             Node::Array { len, .. } => {
                 out.push(b'[');
                 let mut child = id + 1;
@@ -294,7 +304,7 @@ impl<'a, 's> Document<'a, 's> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_string(out, self.span(m.key));
+                    self.write_span_string(out, m.key);
                     out.push(b':');
                     self.write_value(m.value as usize, out);
                 }
@@ -322,7 +332,14 @@ impl<'a, 's> Document<'a, 's> {
             first = false;
         };
         let mut extra = extras.iter().peekable();
-        for (key, value) in self.members(id) {
+        let members: &[Member] = match self.s.nodes[id] {
+            Node::Object { first, len, .. } => {
+                &self.s.members[first as usize..(first + len) as usize]
+            }
+            _ => &[],
+        };
+        for m in members {
+            let (key, value) = (self.span(m.key), m.value as usize);
             if skip.iter().any(|s| s.as_bytes() == key) {
                 continue;
             }
@@ -332,7 +349,7 @@ impl<'a, 's> Document<'a, 's> {
                 write_extra(out, name, *v);
             }
             comma(out);
-            write_string(out, key);
+            self.write_span_string(out, m.key);
             out.push(b':');
             self.write_value(value, out);
         }
@@ -341,6 +358,18 @@ impl<'a, 's> Document<'a, 's> {
             write_extra(out, name, *v);
         }
         out.push(b'}');
+    }
+
+    fn write_span_string(&self, out: &mut Vec<u8>, span: Span) {
+        let bytes = self.span(span);
+        if span.in_arena {
+            write_string(out, bytes);
+        } else {
+            out.reserve(bytes.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(bytes);
+            out.push(b'"');
+        }
     }
 
     fn span(&self, span: Span) -> &[u8] {
@@ -370,6 +399,21 @@ fn write_extra(out: &mut Vec<u8>, name: &str, value: Extra<'_>) {
         Extra::Bool(false) => out.extend_from_slice(b"false"),
         Extra::Str(s) => write_string(out, s.as_bytes()),
         Extra::Raw(raw) => out.extend_from_slice(raw),
+        Extra::StrMap(members) => {
+            out.push(b'{');
+            for (i, (k, v)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(out, k.as_bytes());
+                out.push(b':');
+                match v {
+                    Some(v) => write_string(out, v.as_bytes()),
+                    None => out.extend_from_slice(b"null"),
+                }
+            }
+            out.push(b'}');
+        }
     }
 }
 
@@ -512,13 +556,15 @@ impl Parser<'_, '_> {
                     .map_err(json_error)?
                     .map(|k| k.as_bytes());
                 while let Some(k) = key {
-                    let key_span = intern(self.input, self.arena, k);
+                    let prefix = key_prefix(k);
+                    let key_span = intern_key(self.input, self.arena, k);
                     let value = self.nodes.len() as u32;
                     let p = self.jiter.peek().map_err(json_error)?;
                     self.parse_value(p, depth + 1, &Seg::Key(path, key_span))?;
                     self.pending.push(Member {
                         key: key_span,
                         value,
+                        prefix,
                     });
                     key = self
                         .jiter
@@ -536,7 +582,16 @@ impl Parser<'_, '_> {
                     }
                 };
                 let mine = &mut self.pending[base..];
-                mine.sort_unstable_by(|a, b| cmp_utf16(resolve(a.key), resolve(b.key)));
+                mine.sort_unstable_by(|a, b| {
+                    if a.key.high && b.key.high {
+                        cmp_utf16(resolve(a.key), resolve(b.key))
+                    } else {
+                        // byte order is UTF-16 order unless both hold characters ≥ U+E000
+                        a.prefix
+                            .cmp(&b.prefix)
+                            .then_with(|| resolve(a.key).cmp(resolve(b.key)))
+                    }
+                });
                 if let Some(w) = mine
                     .windows(2)
                     .find(|w| resolve(w[0].key) == resolve(w[1].key))
@@ -644,6 +699,22 @@ fn clip(s: &str) -> String {
 
 /// The span of `s`: inside the input when it points there (jiter returns unescaped strings as
 /// slices of the input), else a copy in the arena.
+/// The first 8 bytes of `key`, zero-padded, as a big-endian number: when two prefixes differ,
+/// they order as the names' bytes do.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// [`intern`] for a member name, noting whether it holds a character ≥ U+E000.
+fn intern_key(input: &[u8], arena: &mut Vec<u8>, s: &[u8]) -> Span {
+    let mut span = intern(input, arena, s);
+    span.high = s.iter().any(|&b| b >= 0xEE);
+    span
+}
+
 fn intern(input: &[u8], arena: &mut Vec<u8>, s: &[u8]) -> Span {
     let base = input.as_ptr() as usize;
     let p = s.as_ptr() as usize;
@@ -652,6 +723,7 @@ fn intern(input: &[u8], arena: &mut Vec<u8>, s: &[u8]) -> Span {
             start: (p - base) as u32,
             len: s.len() as u32,
             in_arena: false,
+            high: false,
         }
     } else {
         let start = arena.len() as u32;
@@ -660,6 +732,7 @@ fn intern(input: &[u8], arena: &mut Vec<u8>, s: &[u8]) -> Span {
             start,
             len: s.len() as u32,
             in_arena: true,
+            high: false,
         }
     }
 }
@@ -689,6 +762,7 @@ fn number(input: &[u8], arena: &mut Vec<u8>, raw: &[u8]) -> Result<Node, String>
                         start: at,
                         len: 1,
                         in_arena: true,
+                        high: false,
                     }));
                 }
                 // An integer literal of at most 2^53 is its own ES6 form (no leading zeros in
@@ -720,6 +794,7 @@ fn number(input: &[u8], arena: &mut Vec<u8>, raw: &[u8]) -> Result<Node, String>
         start: at,
         len: arena.len() as u32 - at,
         in_arena: true,
+        high: false,
     }))
 }
 

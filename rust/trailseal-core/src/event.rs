@@ -327,7 +327,14 @@ fn build(
     }
 
     // Everything is valid: write the event with its defaults.
-    let mut receipt_buf = Vec::new();
+    // members in canonical order: agent, peer, receivedAt
+    let receipt = ctx.receipt.map(|r| {
+        [
+            ("agent", r.agent),
+            ("peer", Some(r.peer)),
+            ("receivedAt", Some(r.received_at)),
+        ]
+    });
     let mut extras: [(&str, Extra<'_>); 12] = [("", Extra::Null); 12];
     let mut n = 0;
     macro_rules! add {
@@ -368,19 +375,8 @@ fn build(
     if f.response_elements.is_none() {
         add!("responseElements", Extra::Null);
     }
-    if let Some(r) = ctx.receipt {
-        // members in canonical order: agent, peer, receivedAt
-        receipt_buf.extend_from_slice(b"{\"agent\":");
-        match r.agent {
-            Some(a) => canonical::write_string(&mut receipt_buf, a.as_bytes()),
-            None => receipt_buf.extend_from_slice(b"null"),
-        }
-        receipt_buf.extend_from_slice(b",\"peer\":");
-        canonical::write_string(&mut receipt_buf, r.peer.as_bytes());
-        receipt_buf.extend_from_slice(b",\"receivedAt\":");
-        canonical::write_string(&mut receipt_buf, r.received_at.as_bytes());
-        receipt_buf.push(b'}');
-        add!("receipt", Extra::Raw(&receipt_buf));
+    if let Some(r) = &receipt {
+        add!("receipt", Extra::StrMap(r));
     }
     out.reserve(line_len + 512);
     doc.write_object_merged(root, &["eventTime", "receipt"], &mut extras[..n], out);
@@ -489,13 +485,19 @@ fn one_of(
     name: &str,
     allowed: &[&'static str],
 ) -> Result<&'static str, Reject> {
-    let list = allowed.join(", ");
-    let s = string(doc, id, name, &format!("one of {list}"))?;
-    allowed
-        .iter()
-        .find(|a| **a == s)
-        .copied()
-        .ok_or_else(|| Reject::field(format!("{name} must be one of {list}, got {}", quoted(s))))
+    let found = doc
+        .as_str(id)
+        .and_then(|s| allowed.iter().find(|a| **a == s).copied());
+    found.ok_or_else(|| {
+        let got = match doc.as_str(id) {
+            Some(s) => quoted(s),
+            None => doc.kind(id).as_str().to_string(),
+        };
+        Reject::field(format!(
+            "{name} must be one of {}, got {got}",
+            allowed.join(", ")
+        ))
+    })
 }
 
 /// A value for a message: quoted, escaped, at most 64 characters.
