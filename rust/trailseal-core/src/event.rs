@@ -735,6 +735,54 @@ mod tests {
     }
 
     #[test]
+    fn size_limit_is_inclusive_and_checked_first() {
+        let mut c = ctx();
+        let line = br#"{"eventName":"X","eventSource":"s","eventID":"e"}"#;
+        c.max_event_bytes = line.len();
+        let mut out = Vec::new();
+        process_event(line, &c, &mut out).expect("exactly max_event_bytes is accepted");
+        c.max_event_bytes = line.len() - 1;
+        let rej = process_event(line, &c, &mut out).expect_err("one byte over");
+        assert_eq!(rej.code, RejectCode::EventTooLarge);
+        assert!(
+            rej.message.contains(&line.len().to_string()),
+            "{}",
+            rej.message
+        );
+        assert!(
+            rej.message.contains(&(line.len() - 1).to_string()),
+            "{}",
+            rej.message
+        );
+        // even invalid JSON is refused for its size first
+        let rej = process_event(&[b'{'; 100], &c, &mut out).expect_err("too large");
+        assert_eq!(rej.code, RejectCode::EventTooLarge);
+    }
+
+    #[test]
+    fn escaped_duplicate_of_a_known_field_is_invalid_json() {
+        let line = br#"{"eventName":"X","eventSource":"s","event\u004eame":"GetObject"}"#;
+        let rej = process_event(line, &ctx(), &mut Vec::new()).expect_err("duplicate");
+        assert_eq!(rej.code, RejectCode::InvalidJson);
+        assert!(rej.message.contains("eventName"), "{}", rej.message);
+    }
+
+    #[test]
+    fn meta_reports_given_time_account_and_region() {
+        let line = br#"{"eventName":"X","eventSource":"s","eventID":"id","eventTime":"2026-02-03T04:05:06.7Z","awsRegion":"eu-central-1","recipientAccountId":"444455556666"}"#;
+        let meta = process_event(line, &ctx(), &mut Vec::new()).expect("ok");
+        assert_eq!(
+            meta,
+            EventMeta {
+                event_id: "id".into(),
+                event_time: 1_770_091_506,
+                account: "444455556666".into(),
+                region: "eu-central-1".into(),
+            }
+        );
+    }
+
+    #[test]
     fn generated_ids_are_uuid_v4() {
         let mut out = Vec::new();
         let a =
