@@ -4,6 +4,7 @@ SIGTERM that seals and delivers everything that was acknowledged."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -355,3 +356,23 @@ def test_client_vanishing_midway_disturbs_nothing(daemon: Any) -> None:
     assert d.stop() == 0
     # Whatever was read before the client left is stored; the neighbour's event too.
     assert len(delivered_records(d)) >= 1
+
+
+def test_sigterm_not_blocked_by_client_that_never_reads(daemon: Any) -> None:
+    d = daemon()
+    stuck = d.connect_unix(timeout=60)
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):  # the daemon closes the connection at shutdown
+            stuck.sendall(b"nope\n" * 50000)
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    try:
+        with d.connect_tcp() as sock:  # the daemon is serving others meanwhile
+            assert exchange(sock, ndjson([event()]))[-1] == {"ack": 1}
+        assert d.stop() == 0
+    finally:
+        stuck.close()
+        sender.join(timeout=60)
+    assert len(delivered_records(d)) == 1

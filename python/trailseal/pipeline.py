@@ -64,6 +64,8 @@ class Connection:
         """Last ack queued (-1: none yet)."""
         self.closed = False
         """The client went away: replies are dropped."""
+        self.stopping = False
+        """The daemon is shutting down: no more reading."""
         self.finished = False
         """No more replies will be queued; the writer flushes and stops."""
         self._out: list[bytes] = []
@@ -104,9 +106,14 @@ class Connection:
             await self._progress.wait()
 
     async def wait_drained(self) -> None:
-        """Block the reader while the client is not reading its replies."""
-        while self.out_bytes > REPLY_HIGH_WATER_BYTES and not self.closed:
+        """Block the reader while the client is not reading its replies (until shutdown)."""
+        while self.out_bytes > REPLY_HIGH_WATER_BYTES and not self.closed and not self.stopping:
             await self._progress.wait()
+
+    def stop_reading(self) -> None:
+        """Shutdown: a reader held back by unread replies stops waiting and finishes."""
+        self.stopping = True
+        self._notify_progress()
 
     async def next_replies(self) -> bytes | None:
         """The writer's next bytes to send; None when finished and everything was sent."""

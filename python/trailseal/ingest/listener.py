@@ -147,11 +147,14 @@ class Ingest:
         self.stopping = False
         self._accept_scopes: list[trio.CancelScope] = []
         self._read_scopes: set[trio.CancelScope] = set()
+        self._live: set[Connection] = set()
         self.connections = 0
 
     def stop(self) -> None:
         """Stop accepting and reading; connections settle, send their final ack and close."""
         self.stopping = True
+        for conn in self._live:
+            conn.stop_reading()
         for scope in self._accept_scopes:
             scope.cancel()
         for scope in list(self._read_scopes):
@@ -202,6 +205,15 @@ class Ingest:
                 return
             agent, leftover = authed
         conn = Connection(peer, agent)
+        self._live.add(conn)
+        try:
+            await self._serve_connection(stream, conn, leftover)
+        finally:
+            self._live.discard(conn)
+
+    async def _serve_connection(
+        self, stream: trio.SocketStream, conn: Connection, leftover: bytes
+    ) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write, stream, conn, nursery.cancel_scope)
             try:
@@ -227,6 +239,9 @@ class Ingest:
                 self._read_scopes.add(scope)
                 try:
                     data = await stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.mark_closed()  # the client went away (reset): nothing more to send
+                    return
                 finally:
                     self._read_scopes.discard(scope)
             if scope.cancelled_caught:
