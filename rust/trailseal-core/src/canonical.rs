@@ -12,7 +12,10 @@
 //! The input must be I-JSON (RFC 7493): valid UTF-8, no lone surrogate escape, no duplicate member
 //! name (compared after unescaping), nesting ≤ [`MAX_DEPTH`]; an integer literal (no fraction, no
 //! exponent) beyond ±2^53 or a number that overflows a double is refused with the path of the value,
-//! because a double cannot carry it exactly. Fractions and exponents are read as the nearest double.
+//! because a double cannot carry it exactly. Fractions and exponents are read as the nearest double;
+//! one that lands on an integer beyond ±2^53 below 1e21 (e.g. `1e20`) is refused too, because ES6
+//! writes it as an integer literal beyond 2^53: so canonical output never holds such a literal and
+//! canonicalizing it again gives the same bytes (which `verify` relies on).
 //!
 //! Parser: `jiter` (pydantic's JSON iterator). Its iterator API hands out the raw bytes of every
 //! number (so integer literals can be told from fractions and checked before any rounding), decodes
@@ -788,6 +791,15 @@ fn number(input: &[u8], arena: &mut Vec<u8>, raw: &[u8]) -> Result<Node, String>
             clip(text)
         ));
     }
+    // ES6 writes doubles below 1e21 in integer form: one beyond 2^53 would come out as an integer
+    // literal beyond 2^53, which this module refuses, so canonical output would not re-parse.
+    let magnitude = value.abs();
+    if magnitude > MAX_SAFE_INTEGER as f64 && magnitude < 1e21 {
+        return Err(format!(
+            "number {} is an integer beyond ±2^53 once read as a double; send it as a string",
+            clip(text)
+        ));
+    }
     let at = arena.len() as u32;
     write_number(arena, value);
     Ok(Node::Number(Span {
@@ -978,6 +990,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(err(b"-1e400"), CanonError::InvalidNumber { .. }));
+        for s in [
+            "1e20",
+            "-9007199254740994.0",
+            "9007199254740993.5",
+            "1.5e16",
+        ] {
+            match err(s.as_bytes()) {
+                CanonError::InvalidNumber { message, .. } => {
+                    assert!(message.contains("as a string"), "{s}: {message}")
+                }
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        assert_eq!(canon("9007199254740993.0"), "9007199254740992");
+        assert_eq!(canon("1e21"), "1e+21");
+        assert_eq!(canon("-1e21"), "-1e+21");
         assert_eq!(canon("1e-400"), "0");
     }
 
