@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--tcp", metavar="HOST:PORT", help="the daemon's TCP listener")
     send.add_argument("--token", help="ingest token for a TCP listener that requires one")
     send.add_argument("--no-progress", action="store_true", help="never show a progress bar")
-    send.add_argument("files", nargs="*", type=Path, metavar="FILES", help="NDJSON files (default: stdin)")
+    send.add_argument(
+        "files", nargs="*", type=Path, metavar="FILES", help="NDJSON files (default: stdin)"
+    )
 
     validate = sub.add_parser(
         "validate",
@@ -54,8 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         "signatures, log file hashes, the event chains and the digests' own chaining.",
     )
     validate.add_argument("--destination", required=True, help="file:///dir or s3://bucket/prefix")
-    validate.add_argument("--start-time", help="only digests ending at or after this time (RFC 3339)")
-    validate.add_argument("--end-time", help="only digests ending at or before this time (RFC 3339)")
+    validate.add_argument(
+        "--start-time", help="only digests ending at or after this time (RFC 3339)"
+    )
+    validate.add_argument(
+        "--end-time", help="only digests ending at or before this time (RFC 3339)"
+    )
     validate.add_argument(
         "--public-key",
         type=Path,
