@@ -1045,6 +1045,25 @@ mod tests {
     }
 
     #[test]
+    fn raw_control_characters_are_refused_at_any_position() {
+        // short strings and strings long enough for jiter's SIMD path
+        for prefix in [0usize, 5, 17, 40] {
+            for c in 0u8..0x20 {
+                let mut input = b"[\"".to_vec();
+                input.extend(std::iter::repeat(b'a').take(prefix));
+                input.push(c);
+                input.extend_from_slice(b"z\"]");
+                assert!(
+                    matches!(err(&input), CanonError::InvalidJson(m) if m.contains("control")),
+                    "byte {c:#x} after {prefix} bytes"
+                );
+            }
+        }
+        // DEL and U+2028 stand as they are, in and out
+        assert_eq!(canon("[\"a\u{7f}\u{2028}b\"]"), "[\"a\u{7f}\u{2028}b\"]");
+    }
+
+    #[test]
     fn idempotent() {
         for s in [
             r#"{"z":[1.5e300,-0.0,{"b":"\u00e9\n","a":null}],"\u20ac":"x","aa":"\"\\"}"#,
