@@ -1050,7 +1050,7 @@ mod tests {
         for prefix in [0usize, 5, 17, 40] {
             for c in 0u8..0x20 {
                 let mut input = b"[\"".to_vec();
-                input.extend(std::iter::repeat(b'a').take(prefix));
+                input.resize(input.len() + prefix, b'a');
                 input.push(c);
                 input.extend_from_slice(b"z\"]");
                 assert!(
