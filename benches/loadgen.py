@@ -570,6 +570,7 @@ def run(
         "connections": connections,
         "cores": cores,
         "transport": "tcp" if tcp else "unix",
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
