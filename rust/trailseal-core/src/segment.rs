@@ -3,14 +3,16 @@
 //! On-disk layout (under `<spool_dir>/<trail>/open/`):
 //! - `<name>.seg.json`: `{"trail","account","region","seq","chain_start","opened_at_ms"}`, written
 //!   atomically (tmp, fsync, rename, fsync dir) *before* `<name>.seg` is created;
-//! - `<name>.seg`: concatenated zstd frames (each with content size and checksum). Decoded and
+//! - `<name>.seg`: concatenated zstd frames, each single-segment (window log [`WINDOW_LOG`], so no
+//!   window descriptor), with content size and checksum, no dictionary ID; a batch's content is
+//!   cut between events into frames of at most [`MAX_FRAME_CONTENT`] bytes. Decoded and
 //!   concatenated they are a prefix of the log document
 //!   `{"Records":[\n` event (`,\n` event)* `\n]}\n`: the first frame starts with the header, each
 //!   later batch's frame holds `,\n`-prefixed events, and sealing appends the closing frame
 //!   `\n]}\n` (so a segment whose content ends with it was closed).
 //!
 //! `<name>` is `<seq:012>-<account>-<region>` (region escaped to be a safe file name).
-//! Invariants: every whole frame was written by one `append`; a torn tail (crash mid-write) is an
+//! Invariants: every whole frame was written by one `append` and ends at an event boundary; a torn tail (crash mid-write) is an
 //! incomplete or undecodable last frame, and recovery truncates the file to the last whole frame.
 //! Canonical events hold no raw newline, so the content splits into events on `\n`.
 use std::fs::{File, OpenOptions};
@@ -299,19 +301,73 @@ impl Batch {
     }
 }
 
-/// Compress one frame (content size and checksum included).
+/// zstd window log of every frame: frames are single-segment (RFC 8878 §3.1.1.1.2: the frame
+/// content size stands in for the window descriptor), which needs content ≤ window.
+pub const WINDOW_LOG: u32 = 24;
+/// Largest content put into one frame when a batch can be split (between events): below the
+/// window, so every frame is single-segment. One event larger than this gets a frame of its own
+/// with a window to fit it.
+pub const MAX_FRAME_CONTENT: usize = 8 << 20;
+
+/// Compress one frame (single-segment, content size and checksum included, no dictionary).
 pub fn compress_frame(c: &mut zstd::bulk::Compressor<'static>, content: &[u8]) -> Result<Vec<u8>> {
-    c.compress(content)
-        .map_err(|e| CoreError::Invalid(format!("zstd compression failed: {e}")))
+    let err = |e: std::io::Error| CoreError::Invalid(format!("zstd compression failed: {e}"));
+    let window = 1usize << WINDOW_LOG;
+    if content.len() <= window {
+        return c.compress(content).map_err(err);
+    }
+    // ceil(log2(len)): the smallest window that still makes the frame single-segment
+    let log = (usize::BITS - (content.len() - 1).leading_zeros()).min(30);
+    c.set_parameter(zstd::stream::raw::CParameter::WindowLog(log))
+        .map_err(err)?;
+    let frame = c.compress(content).map_err(err);
+    c.set_parameter(zstd::stream::raw::CParameter::WindowLog(WINDOW_LOG))
+        .map_err(err)?;
+    frame
 }
 
-/// A zstd compressor configured as segments need.
+/// Compress one batch's content as one or more frames, cut between events so that each holds at
+/// most [`MAX_FRAME_CONTENT`] bytes (or one larger event). Each frame's content ends at an event
+/// boundary, so a torn tail after any whole frame still recovers to whole events.
+pub fn compress_frames(c: &mut zstd::bulk::Compressor<'static>, content: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = content;
+    while !rest.is_empty() {
+        let cut = frame_cut(rest, MAX_FRAME_CONTENT);
+        out.extend_from_slice(&compress_frame(c, &rest[..cut])?);
+        rest = &rest[cut..];
+    }
+    Ok(out)
+}
+
+/// Length of the next frame's content: all of `rest` when it fits in `max`, else up to the last
+/// `,\n` separator within `max` bytes (the first one after, for an event longer than `max`).
+/// Canonical events hold no raw newline, so `,\n` only ever separates events.
+fn frame_cut(rest: &[u8], max: usize) -> usize {
+    if rest.len() <= max {
+        return rest.len();
+    }
+    let is_separator = |i: usize| rest[i] == b'\n' && rest[i - 1] == b',';
+    // i >= 2: a cut at 0 (content starting with the separator) would make an empty frame
+    (2..=max)
+        .rev()
+        .find(|&i| is_separator(i))
+        .or_else(|| (max + 1..rest.len()).find(|&i| is_separator(i)))
+        .map_or(rest.len(), |i| i - 1)
+}
+
+/// A zstd compressor configured as segments need: checksum and content size on, window log
+/// [`WINDOW_LOG`] (so every frame up to that size is single-segment).
 pub fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
     let err = |e: std::io::Error| CoreError::Invalid(format!("zstd level {level}: {e}"));
     let mut c = zstd::bulk::Compressor::new(level).map_err(err)?;
     c.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))
         .map_err(err)?;
     c.set_parameter(zstd::stream::raw::CParameter::ContentSizeFlag(true))
+        .map_err(err)?;
+    c.set_parameter(zstd::stream::raw::CParameter::WindowLog(WINDOW_LOG))
+        .map_err(err)?;
+    c.set_parameter(zstd::stream::raw::CParameter::DictIdFlag(false))
         .map_err(err)?;
     Ok(c)
 }

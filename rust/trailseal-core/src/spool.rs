@@ -8,6 +8,7 @@
 //! <trail>/sealed/<name>.json       their manifests (the SealedFile fields)
 //! <trail>/heads.json               {"last_seq": N, "streams": [{"account","region","seq","chain_end"}]}
 //! dedup.ids                        the eventID journal
+//! spool.lock                       empty; flock'd (exclusive) by the one open Spool
 //! ```
 //! Seal order (each step durable before the next): closing frame + fsync; eventIDs appended to
 //! `dedup.ids`; manifest written atomically; `.seg` renamed to `sealed/<name>.log`; `.seg.json`
@@ -194,6 +195,8 @@ struct Trail {
 
 pub struct Spool {
     cfg: SpoolConfig,
+    /// `spool.lock`, exclusively locked while this Spool lives (released when it is dropped).
+    _lock: std::fs::File,
     trails: Vec<Trail>,
     dedup: Dedup,
     compressor: zstd::bulk::Compressor<'static>,
@@ -222,6 +225,28 @@ fn check_trail_name(name: &str) -> Result<()> {
         Err(CoreError::Invalid(format!(
             "trail name {name:?} is not valid: use 1-128 letters, digits, '.', '_' or '-', not starting with '.'"
         )))
+    }
+}
+
+/// Take the spool's exclusive lock (`<spool_dir>/spool.lock`, flock): two spools on one directory
+/// would interleave appends, reuse seqs and undo each other's recovery.
+fn lock_spool(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("spool.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| CoreError::io("open lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CoreError::Invalid(format!(
+            "spool {} is in use by another trailseal (the lock on {} is held): stop the other \
+             daemon, or drop the other Core, before opening this spool",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(CoreError::io("lock", &path, e)),
     }
 }
 
@@ -533,6 +558,7 @@ impl Spool {
             }
         }
         mkdir(&cfg.spool_dir)?;
+        let lock = lock_spool(&cfg.spool_dir)?;
         let mut dedup = Dedup::open(&cfg.spool_dir.join("dedup.ids"), cfg.dedup_capacity)?;
         let mut notes = Vec::new();
         let mut trails = Vec::new();
@@ -543,6 +569,7 @@ impl Spool {
         let compressor = segment::compressor(cfg.zstd_level)?;
         Ok(Spool {
             cfg,
+            _lock: lock,
             trails,
             dedup,
             compressor,
@@ -672,9 +699,10 @@ impl Spool {
         Ok(res)
     }
 
-    /// Append one stream's batch as one frame, creating its segment if needed.
+    /// Append one stream's batch (one frame, or several cut between events when it is large),
+    /// creating its segment if needed.
     fn append(&mut self, ti: usize, key: StreamKey, batch: Batch) -> Result<(u64, u64)> {
-        let frame = segment::compress_frame(&mut self.compressor, &batch.content)?;
+        let frame = segment::compress_frames(&mut self.compressor, &batch.content)?;
         let uncompressed = batch.content.len() as u64;
         let trail = &mut self.trails[ti];
         if !trail.open.contains_key(&key) {
