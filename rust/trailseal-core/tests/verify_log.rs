@@ -18,8 +18,10 @@ fn document(evs: &[String]) -> Vec<u8> {
     format!("{{\"Records\":[\n{}\n]}}\n", evs.join(",\n")).into_bytes()
 }
 
+/// A frame as the spool writes it (single-segment, checksummed: the only kind verify_log accepts).
 fn zstd(content: &[u8]) -> Vec<u8> {
-    zstd::stream::encode_all(content, 3).expect("compress")
+    let mut c = trailseal_core::segment::compressor(3).expect("compressor");
+    trailseal_core::segment::compress_frame(&mut c, content).expect("compress")
 }
 
 fn gzip(content: &[u8]) -> Vec<u8> {
