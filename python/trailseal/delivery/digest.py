@@ -10,6 +10,8 @@ delivered since its previous digest (possibly none). Invariants:
   starting digest (first ever, or the state was lost: logged as a WARNING);
 - a digest lists only files already delivered (the lines of ``delivered.jsonl``), and a file is
   listed in exactly one digest;
+- the object is one gzip member in trailseal's canonical encoding (:mod:`.gzip_member`: fixed
+  header, zero padding), so that no byte of it can change unnoticed;
 - the signature (SHA256withRSA, lower-case hex, in the object's metadata ``signature``) is over
   ``digestEndTime \\n bucket/key \\n sha256hex(uncompressed digest) \\n previousSignature|null``;
 - the public key is delivered to ``trailseal-public-keys/<fingerprint>.pem`` before the first
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import gzip
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from typing import Any
 import trio
 
 from trailseal.config import Config, TrailConfig
-from trailseal.delivery import layout
+from trailseal.delivery import gzip_member, layout
 from trailseal.delivery.destination import Destination
 from trailseal.delivery.signer import SIGNATURE_ALGORITHM, Signer
 from trailseal.delivery.uploader import DeliveryState, replace_atomically, retry_forever
@@ -272,7 +273,7 @@ class DigestWriter:
             "stream": stream,
             "key": key,
             "bucket": bucket,
-            "gzip": base64.b64encode(gzip.compress(raw, mtime=0)).decode(),
+            "gzip": base64.b64encode(gzip_member.compress(raw)).decode(),
             "sha256": sha,
             "signature": signature,
             "start": start,
