@@ -4,20 +4,27 @@ Walks every digest chain in the destination newest to oldest. A chain is the dig
 stream (key root, account, region, trail name, all read from the digest key) linked by
 ``previousDigestS3Object``. Checked, each problem reported as one line naming the object:
 
-- each digest: where it says it is (else "moved"), its signature with a trusted key matching
-  ``digestPublicKeyFingerprint`` (keys from ``--public-key``; from the destination's
-  ``trailseal-public-keys/`` only with ``--keys-from-destination``, reported as weaker), its
-  previous digest present with the sha256 and signature it records;
+- each digest: one gzip member exactly as trailseal writes it (:mod:`.delivery.gzip_member`;
+  else "modified or not written by trailseal"), its metadata exactly ``signature`` (lower-case
+  hex) and ``signature-algorithm: SHA256withRSA``, where it says it is (else "moved"), its
+  signature with a trusted key matching ``digestPublicKeyFingerprint`` (keys from
+  ``--public-key``; from the destination's ``trailseal-public-keys/`` only with
+  ``--keys-from-destination``, reported as weaker), its previous digest present with the
+  sha256 and signature it records;
 - each listed log file: present, uncompressed sha256 equal to ``hashValue``, and
   ``_core.verify_log`` finds the layout, canonical form and chain intact with the listed
   ``eventCount`` and ``chainEnd``;
 - across the files of a stream, in chain order: each ``chainStart`` is the previous ``chainEnd``
   (else "chain break"); the first file of a chain that starts at the beginning starts at zero;
-- every log file object in the destination is listed in exactly one digest.
+- every log file object in the destination is listed in exactly one digest, except one whose
+  key time (``YYYYMMDDTHHmmZ``, the delivery minute) is not before the minute of the newest digest
+  end of its stream (same key root, account and region): it is "not yet covered by a digest", a
+  note counted apart in the summary, not a failure (so a live destination validates between
+  digests). Its bytes are still checked to be a well-formed log file.
 
 Then a summary in the style of ``aws cloudtrail validate-logs``. Exit status: 0 when everything
-is valid and at least one digest was found, 1 otherwise, 2 for usage errors (no trusted key,
-bad time, unreadable destination).
+is valid and at least one digest was found (log files not yet covered by a digest do not count
+against it), 1 otherwise, 2 for usage errors (no trusted key, bad time, unreadable destination).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import re
 import sys
 import zlib
 from collections.abc import Iterator
@@ -38,12 +46,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from trailseal import _core
-from trailseal.delivery import layout
+from trailseal.delivery import gzip_member, layout
 from trailseal.delivery.destination import Destination, NoSuchKeyError, open_destination
 from trailseal.delivery.signer import fingerprint_of, load_public_keys_pem, verify_signature
 from trailseal.errors import TrailsealError
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 ZERO_CHAIN = "00" * 32
 _PREVIOUS_FIELDS = (
     "previousDigestS3Bucket",
@@ -77,6 +86,7 @@ class Digest:
     raw: bytes = b""
     doc: dict[str, Any] = field(default_factory=dict)
     signature: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     readable: bool = False
     in_range: bool = True
@@ -104,6 +114,7 @@ class Outcome:
     invalid_digests: int = 0
     valid_logs: int = 0
     invalid_logs: int = 0
+    pending_logs: int = 0
     found_start: str | None = None
     found_end: str | None = None
 
@@ -137,8 +148,13 @@ class Validator:
     def _load_digest(self, d: Digest) -> None:
         try:
             data = self.dest.get_bytes(d.key)
-            d.signature = self.dest.get_metadata(d.key).get("signature")
-            d.raw = gzip.decompress(data)
+            d.metadata = self.dest.get_metadata(d.key)
+            d.signature = d.metadata.get("signature")
+            try:
+                d.raw = gzip_member.decompress(data)
+            except gzip_member.NotCanonicalGzipError as e:
+                d.problems.append(f"modified or not written by trailseal: {e}")
+                d.raw = gzip.decompress(data)  # the other checks still run on its content
             doc = json.loads(d.raw)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
@@ -169,6 +185,16 @@ class Validator:
                 f"moved: it says it is {doc.get('digestS3Bucket')}/{doc.get('digestS3Object')}"
                 f" but it was found at {self.dest.bucket}/{d.key}"
             )
+        extra = sorted(set(d.metadata) - {"signature", "signature-algorithm"})
+        if extra:
+            d.problems.append(f"metadata has unexpected keys {', '.join(extra)}")
+        if d.metadata.get("signature-algorithm") != "SHA256withRSA":
+            d.problems.append(
+                f"metadata signature-algorithm {d.metadata.get('signature-algorithm')!r} is not "
+                "SHA256withRSA"
+            )
+        if d.signature is not None and not _LOWER_HEX.fullmatch(d.signature):
+            d.problems.append("bad signature: metadata signature is not lower-case hex")
         fp = doc.get("digestPublicKeyFingerprint")
         key = self.keys.get(str(fp))
         if key is None:
@@ -363,11 +389,35 @@ class Validator:
                             self.progress.advance(task)
                     previous_entry = (key, str(entry.get("chainEnd")))
 
+        newest = self._newest_digest_ends()
         for k in log_keys:
-            if k not in listed and self._log_key_in_range(k):
-                log_results.setdefault(k, []).append("not listed in any digest")
-                if task is not None:
-                    self.progress.advance(task)
+            if k in listed or not self._log_key_in_range(k):
+                continue
+            stream, stamp = _log_key_stream(k)
+            end = newest.get(stream) if stream is not None else None
+            if stamp is not None and (end is None or stamp >= end.replace(second=0)):
+                bad = self._unlisted_log_problems(k)
+                if bad:
+                    log_results[k] = [f"not yet covered by a digest and {p}" for p in bad]
+                else:
+                    out.pending_logs += 1
+                    after = (
+                        f"the newest digest of its stream ends {_fmt(end)}"
+                        if end
+                        else ("its stream has no digest yet")
+                    )
+                    out.notes.append(f"Log file {k}: not yet covered by a digest ({after})")
+            else:
+                log_results.setdefault(k, []).append(
+                    "not listed in any digest"
+                    + (
+                        f" (delivered before the newest digest of its stream, {_fmt(end)})"
+                        if end is not None
+                        else ""
+                    )
+                )
+            if task is not None:
+                self.progress.advance(task)
 
         for d in sorted(self.digests.values(), key=lambda d: (d.stream, d.parts.end)):
             if not d.in_range:
@@ -391,6 +441,29 @@ class Validator:
                 out.valid_lines.append(f"Log file\t{k}\tvalid")
         return out
 
+    def _newest_digest_ends(self) -> dict[tuple[str, str, str], datetime]:
+        """Per (key root, account, region): the newest digest end found (from the digest keys, all
+        trails of that root together)."""
+        newest: dict[tuple[str, str, str], datetime] = {}
+        for d in self.digests.values():
+            p = d.parts
+            stream = (p.root, p.account, p.region)
+            newest[stream] = max(newest.get(stream, p.end), p.end)
+        return newest
+
+    def _unlisted_log_problems(self, key: str) -> list[str]:
+        """Why a log file no digest lists yet is not even a well-formed log file (or [])."""
+        try:
+            data = self.dest.get_bytes(key)
+        except TrailsealError as e:
+            return [f"cannot be read: {e}"]
+        compression = "gzip" if key.endswith(".gz") else "zstd"
+        try:
+            report = _core.verify_log(data, compression, ZERO_CHAIN)
+        except Exception as e:  # the core raises ValueError/CoreError for unreadable bytes
+            return [f"cannot be read as a {compression} log file ({e})"]
+        return [f"not a valid log file: {p}" for p in report.problems]
+
     def _log_key_in_range(self, key: str) -> bool:
         stamp = key.rsplit("_", 2)[-2]  # YYYYMMDDTHHmmZ
         try:
@@ -400,6 +473,24 @@ class Validator:
         if self.start is not None and when < self.start.replace(second=0, microsecond=0):
             return False
         return self.end is None or when <= self.end
+
+
+_LOG_STREAM_RE = re.compile(
+    r"^(?P<root>(?:.*/)?AWSLogs/(?:o-[a-z0-9]+/)?)(?P<account>\d{12})/CloudTrail(?:-Insight)?/"
+    r"(?P<region>[^/]+)/.*_(?P<stamp>\d{8}T\d{4}Z)_[A-Za-z0-9]{16}\.json\.(?:zst|gz)$"
+)
+
+
+def _log_key_stream(key: str) -> tuple[tuple[str, str, str] | None, datetime | None]:
+    """(key root, account, region) and the delivery minute of a log file key."""
+    m = _LOG_STREAM_RE.match(key)
+    if m is None:
+        return None, None
+    try:
+        stamp = datetime.strptime(m["stamp"], "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None, None
+    return (m["root"], m["account"], m["region"]), stamp
 
 
 def _load_keys(args: argparse.Namespace, dest: Destination) -> dict[str, rsa.RSAPublicKey]:
@@ -474,6 +565,8 @@ def main(args: argparse.Namespace) -> int:
 
     for line in out.lines:
         print(line)
+    for line in out.notes:
+        print(f"Note: {line}")
     if args.verbose:
         for line in out.valid_lines:
             print(line)
@@ -488,6 +581,8 @@ def main(args: argparse.Namespace) -> int:
     print()
     _ratio(out.valid_digests, out.invalid_digests, "digest")
     _ratio(out.valid_logs, out.invalid_logs, "log")
+    if out.pending_logs:
+        print(f"{out.pending_logs} log files not yet covered by a digest (not counted above)")
     return 0 if out.ok else 1
 
 
