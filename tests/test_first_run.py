@@ -345,12 +345,12 @@ def _wait_listening(proc: subprocess.Popen[bytes], path: Path, output: Path) -> 
             time.sleep(0.05)
 
 
-def _check_receipt(receipt: Any, uid: int, start: datetime, end: datetime) -> None:
+def _check_receipt(receipt: Any, peer: str, start: datetime, end: datetime) -> None:
     assert isinstance(receipt, dict) and set(receipt) == {"receivedAt", "peer", "agent"}, receipt
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", receipt["receivedAt"]), receipt
     received = datetime.strptime(receipt["receivedAt"], "%Y-%m-%dT%H:%M:%S.%fZ")
     assert start <= received.replace(tzinfo=UTC) <= end, receipt
-    assert re.fullmatch(rf"unix:uid={uid},pid=\d+", receipt["peer"]), receipt
+    assert receipt["peer"] == peer, receipt
     assert receipt["agent"] is None
 
 
@@ -388,18 +388,23 @@ def test_first_run_with_embedded_defaults(newcomer: Newcomer) -> None:
         assert "127.0.0.1:7707" in announced, announced
 
         # 2. trailseal send FILE, no target option
-        sent = subprocess.run(
+        sender = subprocess.Popen(
             [*newcomer.command("send"), str(events_file)],
             stdin=subprocess.DEVNULL,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=newcomer.env,
             cwd=newcomer.work,
-            timeout=300,
-            check=False,
         )
-        stdout = sent.stdout.decode()
-        stderr = sent.stderr.decode()
-        assert sent.returncode == 1, stdout + stderr
+        try:
+            out_bytes, err_bytes = sender.communicate(timeout=300)
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
+        stdout = out_bytes.decode()
+        stderr = err_bytes.decode()
+        assert sender.returncode == 1, stdout + stderr
         reported = stdout.splitlines()
         assert len(reported) == 37, stdout
         got = []
@@ -441,12 +446,12 @@ def test_first_run_with_embedded_defaults(newcomer: Newcomer) -> None:
     stored_lines = content.split(b"\n")[1:-2]
     assert len(stored_lines) == len(goods), f"{len(stored_lines)} events stored, {len(goods)} sent"
 
-    uid = os.getuid()
+    peer = f"unix:uid={os.getuid()},pid={sender.pid}"  # SO_PEERCRED of trailseal send
     canonical = []
     for number, (good, stored_line) in enumerate(zip(goods, stored_lines, strict=True), 1):
         stored = json.loads(stored_line.rstrip(b","))
         expected = dict(good.expected)
-        _check_receipt(stored.get("receipt"), uid, start, end)
+        _check_receipt(stored.get("receipt"), peer, start, end)
         expected["receipt"] = stored["receipt"]
         if good.time_absent:  # receive time, seconds
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stored["eventTime"]), stored
