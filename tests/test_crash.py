@@ -18,6 +18,8 @@ the spool's sealed/ directory and the delivery state files and fires just after 
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import random
 import re
@@ -208,6 +210,26 @@ def run_with_kills(
     return first, load, done
 
 
+def check_chains(bucket: Path) -> None:
+    """Crashes must not break a chain: per stream exactly one starting digest (the first), and
+    the log files listed in the digests, in order, chain end to start from 32 zero bytes."""
+    streams: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in bucket.rglob("*CloudTrail-Digest*.json.gz"):
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        region = path.relative_to(bucket).parts[-5]
+        streams.setdefault((doc["awsAccountId"], region), []).append(doc)
+    assert streams
+    for stream, docs in streams.items():
+        docs.sort(key=lambda doc: doc["digestEndTime"])
+        starting = [doc["digestS3Object"] for doc in docs if doc["previousDigestSignature"] is None]
+        assert starting == [docs[0]["digestS3Object"]], f"{stream}: digest chain restarted"
+        chain = "00" * 32
+        for doc in docs:
+            for entry in doc["logFiles"]:
+                assert entry["chainStart"] == chain, f"{stream}: event chain broken before {entry}"
+                chain = entry["chainEnd"]
+
+
 def check_destination(first: DaemonProcess, load: Load) -> None:
     """Every event sent exactly once and nothing else; §4 layout; validate passes."""
     sent: dict[str, tuple[int, bytes]] = {}
@@ -252,6 +274,8 @@ def check_destination(first: DaemonProcess, load: Load) -> None:
     assert seen == set(sent)
     leftovers = sorted((first.data_dir / "spool" / "default" / "sealed").glob("*.log"))
     assert not leftovers, f"sealed but never delivered: {leftovers}"
+
+    check_chains(first.bucket)
 
     exported = subprocess.run(
         [sys.executable, "-m", "trailseal.cli", "keys", "export", "--config", first.config_path],
