@@ -18,6 +18,7 @@ the next start). systemd: ``READY=1`` / ``STOPPING=1`` go to ``$NOTIFY_SOCKET`` 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -92,6 +93,35 @@ def main(config_path: Path | None, check_only: bool) -> int:
 # Start-up checks (synchronous, before anything listens)
 
 
+LOCK_FILE = "trailseal.lock"
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Take the exclusive flock on ``<data_dir>/trailseal.lock`` (held for the process lifetime:
+    the descriptor is returned and never closed) and write our pid into it. Two daemons on one
+    data dir would corrupt the spool; the second one stops here."""
+    path = data_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StartupError(f"cannot open the lock file {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        os.close(fd)
+        raise StartupError(
+            f"data dir {data_dir} is in use by another trailseal (pid {holder}); stop it, or give "
+            "this one another [daemon] data_dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 @dataclass
 class _Prepared:
     core: _core.Core
@@ -126,6 +156,7 @@ def _check_data_dir(data_dir: Path) -> None:
 def _prepare(config: Config) -> _Prepared:
     data_dir = config.daemon.data_dir
     _check_data_dir(data_dir)
+    _lock_data_dir(data_dir)  # held until the process exits
     try:
         core = _core.Core(
             str(data_dir / "spool"),
