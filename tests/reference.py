@@ -15,6 +15,8 @@ import gzip
 import hashlib
 import io
 import json
+import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +42,14 @@ def decompress(data: bytes, compression: str) -> bytes:
 
 
 def compress(data: bytes, compression: str) -> bytes:
+    """In trailseal's canonical encodings (what verify_log accepts): a single-segment zstd frame
+    with checksum; one gzip member with header 1f8b0800 00000000 00ff."""
     if compression == "zstd":
-        return zstandard.ZstdCompressor().compress(data)
-    return gzip.compress(data, mtime=0)
+        return zstandard.ZstdCompressor(write_checksum=True, write_content_size=True).compress(data)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = deflate.compress(data) + deflate.flush()
+    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return bytes.fromhex("1f8b08000000000000ff") + body + trailer
 
 
 def canonical(event: Any) -> bytes:
