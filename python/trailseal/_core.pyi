@@ -11,6 +11,7 @@ Spool layout owned by :class:`Core` (one directory per trail under ``spool_dir``
     <trail>/sealed/<seq>-<account>-<region>.json    its manifest (SealedFile fields as JSON)
     <trail>/heads.json                              last seq, chain head per stream (account/region)
     dedup.ids                                       eventID journal (last ``dedup_capacity`` IDs)
+    spool.lock                                      flock'd by the one Core using the spool
 
 (``<region>`` is escaped in file names: bytes other than ``[A-Za-z0-9._-]`` become ``%XX``.)
 
@@ -153,4 +154,8 @@ def chain_step(previous: bytes, canonical_event: bytes) -> bytes:
     """``SHA-256(previous ‖ SHA-256(canonical_event))`` (FORMATS.md §3); ``previous``: 32 bytes."""
 
 def verify_log(data: bytes, compression: str, chain_start: str) -> VerifyReport:
-    """Verify one log file's bytes (``compression`` "zstd" or "gzip"). Releases the GIL."""
+    """Verify one log file's bytes (``compression`` "zstd" or "gzip"). Besides the content, the
+    compressed encoding must be trailseal's own (single-segment zstd frames with checksum, no
+    skippable frames; one gzip member with header ``1f8b0800 00000000 00ff``): any other is a
+    problem starting "modified or not written by trailseal" naming the byte offset. Releases the
+    GIL."""
