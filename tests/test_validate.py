@@ -357,8 +357,18 @@ def test_log_file_after_the_newest_digest_is_pending(
     _invalid(produced, capsys, extra, "not yet covered by a digest and")
 
 
+def _log_with_events(p: Produced, at_least: int) -> str:
+    """A delivered log file holding at least ``at_least`` events (keys sort by a random suffix
+    within a minute, so an index alone does not say which file it is)."""
+    for key in p.logs():
+        raw = reference.decompress((p.bucket / key).read_bytes(), "zstd")
+        if raw.count(b"\n") - 2 >= at_least:
+            return key
+    raise AssertionError(f"no log file with {at_least} events")
+
+
 def test_two_events_swapped(produced: Produced, capsys: pytest.CaptureFixture[str]) -> None:
-    key = produced.logs()[0]
+    key = _log_with_events(produced, 2)
     _rewrite_log(produced, key, lambda body: [body[1], body[0], *body[2:]])
     out = _invalid(produced, capsys, key, "modified")
     assert any(key in line and "chain" in line for line in out.splitlines()), out
