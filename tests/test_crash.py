@@ -154,10 +154,13 @@ def run_with_kills(
     trail: dict[str, Any] | None = None,
     triggers: list[Trigger] | None = None,
     window_bytes: int = 8 * 1024 * 1024,
+    kill_during_start: bool = False,
 ) -> tuple[DaemonProcess, Load, list[Kill]]:
     """Push the load, SIGKILL and restart the daemon ``kills`` times at seeded random moments
     (kill i fires in the i-th of ``kills`` equal slices of the load, after a random delay,
-    once ``triggers[i % len]`` says so or 10 s passed), wait for every final ack, SIGTERM."""
+    once ``triggers[i % len]`` says so or 10 s passed), wait for every final ack, SIGTERM.
+    With ``kill_during_start`` every second restart is killed once more right after it
+    announces itself (while it delivers what recovery sealed)."""
     rng = random.Random(seed)
     trail = dict(trail or {})
     triggers = triggers or [at_random]
@@ -196,6 +199,18 @@ def run_with_kills(
             name = trigger.__name__ if fired() else f"{trigger.__name__} (not seen in 10 s)"
             done.append(Kill(name, load.progress(), load.unacked_bytes()))
             d.kill()
+            if kill_during_start and i % 2 == 1:
+                # once more while it starts: recovering, sealing and delivering what it found
+                d = daemon(data_dir=first.data_dir, ingest=restart_ingest, trail=trail, wait=False)
+                wait_until(
+                    lambda d=d: "data dir:" in d.stderr() or d.proc.poll() is not None,  # type: ignore[misc]
+                    timeout=60,
+                    what="the restarted daemon to announce itself",
+                )
+                time.sleep(rng.uniform(0.0, 0.05))
+                assert d.proc.poll() is None, f"the restarted daemon exited:\n{d.stderr()}"
+                done.append(Kill("during_start", load.progress(), load.unacked_bytes()))
+                d.kill()
             d = daemon(data_dir=first.data_dir, ingest=restart_ingest, trail=trail)
             since_restart = load.progress()
         for t in threads:
@@ -325,9 +340,10 @@ def test_kill_9_while_sealing_delivering_and_digesting(daemon: Any) -> None:
         trail={"seal_after_bytes": 256 * 1024, "seal_after_secs": 1, "digest_interval_secs": 2},
         triggers=[after_seal, after_delivery, after_digest, at_random],
         window_bytes=1024 * 1024,  # the pulled count stays close to the acknowledged one
+        kill_during_start=True,
     )
-    assert len(kills) == 8, kills
-    assert sum(1 for k in kills if "not seen" not in k.trigger) >= 4, kills
+    assert len(kills) == 12, kills
+    assert sum(1 for k in kills if "not seen" not in k.trigger) >= 8, kills
     check_destination(first, load)
     assert len(first.log_files()) > 20
 
