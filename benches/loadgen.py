@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -343,17 +344,29 @@ def read_vm_hwm_kib(pid: int) -> int | None:
     return None
 
 
+def read_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds the process has used so far (``/proc/<pid>/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Daemon:
     """``trailseal serve --config FILE`` as a subprocess, its stderr in ``root/daemon.log``."""
 
-    def __init__(self, root: Path, *, cores: int, tcp_port: int) -> None:
+    def __init__(
+        self, root: Path, *, cores: int, tcp_port: int, command: Sequence[str] | None = None
+    ) -> None:
         self.root = root
         self.config = write_config(root, tcp_port=tcp_port)
         self.unix_socket = root / "ingest.sock"
         self.tcp = ("127.0.0.1", tcp_port)
         self.bucket = root / "bucket"
         self.log_path = root / "daemon.log"
-        command = [*trailseal_command(), "serve", "--config", str(self.config)]
+        command = [*(command or trailseal_command()), "serve", "--config", str(self.config)]
         if cores == 1:
             command = ["taskset", "-c", "0", *command]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -431,8 +444,10 @@ class Daemon:
 
 
 @contextmanager
-def running_daemon(root: Path, *, cores: int) -> Iterator[Daemon]:
-    daemon = Daemon(root, cores=cores, tcp_port=free_tcp_port())
+def running_daemon(
+    root: Path, *, cores: int, command: Sequence[str] | None = None
+) -> Iterator[Daemon]:
+    daemon = Daemon(root, cores=cores, tcp_port=free_tcp_port(), command=command)
     try:
         daemon.wait_ready()
         yield daemon
@@ -556,6 +571,7 @@ def run(
     profile_dir: Path | None = None,
     py_spy: str | None = None,
     perf: bool = False,
+    daemon_command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One benchmark run; returns the summary (what ``main`` prints as one JSON line)."""
     from trailseal import synthetic
@@ -579,9 +595,10 @@ def run(
         if daemon:
             (root / "e2e").mkdir()
             with (
-                running_daemon(root / "e2e", cores=cores) as d,
+                running_daemon(root / "e2e", cores=cores, command=daemon_command) as d,
                 profiling(d.proc.pid, profile_dir, py_spy, perf),
             ):
+                cpu_before = read_cpu_seconds(d.proc.pid)
                 pushed = push(
                     d.connect_tcp if tcp else d.connect_unix,
                     split_connections(lines, connections),
@@ -594,6 +611,7 @@ def run(
                         "; ".join(pushed.failures)
                         + f"\nthe daemon's log ({d.log_path}) ends:\n{d.log_tail()}"
                     )
+                cpu_after = read_cpu_seconds(d.proc.pid)
                 rss_before_stop = read_vm_hwm_kib(d.proc.pid) or 0
                 status = d.stop()
             delivered = read_delivered(d.bucket)
@@ -602,6 +620,11 @@ def run(
                 events_per_s=round(len(lines) / pushed.seconds),
                 mb_per_s=round(input_bytes / pushed.seconds / 1e6, 1),
                 loadgen_cpu_s=round(pushed.cpu_seconds, 2),
+                daemon_cpu_us_per_event=(
+                    round((cpu_after - cpu_before) / len(lines) * 1e6, 1)
+                    if cpu_before is not None and cpu_after is not None
+                    else None
+                ),
                 ack_p50_ms=round(percentile(pushed.latencies, 50) * 1000, 2),
                 ack_p99_ms=round(percentile(pushed.latencies, 99) * 1000, 2),
                 peak_rss_mb=round(max(d.peak_rss_kib, rss_before_stop) / 1024, 1),
@@ -677,6 +700,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy binary: sample the daemon")
     parser.add_argument("--perf", action="store_true", help="perf record the daemon (cpu-clock)")
+    parser.add_argument(
+        "--daemon-command",
+        metavar="CMD",
+        help="run the daemon as CMD (split like a shell) + 'serve --config FILE' instead of "
+        "the venv's trailseal, e.g. to try a patched build",
+    )
     args = parser.parse_args(argv)
     try:
         summary = run(
@@ -694,6 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile_dir=args.profile_dir,
             py_spy=args.py_spy,
             perf=args.perf,
+            daemon_command=shlex.split(args.daemon_command) if args.daemon_command else None,
         )
     except LoadError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
