@@ -10,10 +10,13 @@ and nothing else, every log file in the exact FORMATS.md §4 layout (canonical l
 sample with the independent serializer of test_first_run.py), and the real ``trailseal
 validate`` must accept all of it with the key ``trailseal keys export`` prints.
 
-Two runs: kills at random moments of the appends (default sealing: files are sealed only at
-recovery and at shutdown), and kills aimed at sealing, delivery and digest steps (small
+Three runs: kills at random moments of the appends (default sealing: files are sealed only at
+recovery and at shutdown); kills aimed at sealing, delivery and digest steps (small
 ``seal_after_bytes``, ``seal_after_secs = 1``, ``digest_interval_secs = 2``; the killer watches
-the spool's sealed/ directory and the delivery state files and fires just after they change).
+the spool's sealed/ directory and the delivery state files and fires just after they change,
+and every second restart is killed again while it delivers what recovery sealed); and a kill
+in the middle of a graceful shutdown. Beyond the delivered events, crashes must not restart a
+digest chain or break an event chain (checked from the digests' logFiles).
 """
 
 from __future__ import annotations
