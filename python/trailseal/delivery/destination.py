@@ -24,15 +24,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from trailseal.durable import TMP_MARK, create_exclusively, fsync_dir
 from trailseal.errors import ConfigError, DeliveryError, IntegrityError
 
 METADATA_SUFFIX = ".metadata.json"
-_TMP_MARK = ".tmp-"
 
 
 class NoSuchKeyError(DeliveryError):
@@ -55,14 +54,6 @@ class Destination(Protocol):
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _same_content(path: Path, data: bytes) -> bool:
@@ -101,7 +92,7 @@ class FileDestination:
                 f"object key {key!r} is not a valid relative key (empty, absolute, or with "
                 f"'.', '..' or empty parts) for destination {self._url}"
             )
-        if key.endswith(METADATA_SUFFIX) or _TMP_MARK in parts[-1]:
+        if key.endswith(METADATA_SUFFIX) or TMP_MARK in parts[-1]:
             raise DeliveryError(
                 f"object key {key!r} collides with the side files of destination {self._url}"
             )
@@ -115,27 +106,16 @@ class FileDestination:
             d = d.parent
         directory.mkdir(parents=True, exist_ok=True)
         for created in reversed(missing):
-            _fsync_dir(created.parent)
+            fsync_dir(created.parent)
 
     def _write_new(self, target: Path, data: bytes, key: str) -> None:
         """Write ``data`` to ``target`` unless it exists (same bytes: fine; else IntegrityError)."""
-        tmp = target.with_name(f".{target.name}{_TMP_MARK}{secrets.token_hex(6)}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            if not _same_content(target, data):
-                raise IntegrityError(
-                    f"object {key!r} already exists in {self._url} with different content; "
-                    "delivered objects are never overwritten (move the existing object away "
-                    "if it is known to be wrong)"
-                ) from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
+        if not create_exclusively(target, data) and not _same_content(target, data):
+            raise IntegrityError(
+                f"object {key!r} already exists in {self._url} with different content; "
+                "delivered objects are never overwritten (move the existing object away "
+                "if it is known to be wrong)"
+            )
 
     def _write_metadata(self, target: Path, metadata: dict[str, str], key: str) -> None:
         side = target.with_name(target.name + METADATA_SUFFIX)
@@ -206,7 +186,7 @@ class FileDestination:
         for dirpath, _dirnames, filenames in os.walk(start):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
-                if name.endswith(METADATA_SUFFIX) or _TMP_MARK in name:
+                if name.endswith(METADATA_SUFFIX) or TMP_MARK in name:
                     continue
                 key = name if rel == "." else f"{rel}/{name}"
                 if key.startswith(prefix):
@@ -224,7 +204,7 @@ class FileDestination:
         except OSError as e:
             raise DeliveryError(f"cannot delete object {key!r} from {self._url}: {e}") from e
         with contextlib.suppress(OSError):
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
 
 
 def open_destination(url: str, *, host_id: str) -> Destination:

@@ -52,7 +52,8 @@ from trailseal.config import Config, TrailConfig
 from trailseal.delivery import gzip_member, layout
 from trailseal.delivery.destination import Destination
 from trailseal.delivery.signer import SIGNATURE_ALGORITHM, Signer
-from trailseal.delivery.uploader import DeliveryState, replace_atomically, retry_forever
+from trailseal.delivery.uploader import DeliveryState, retry_forever
+from trailseal.durable import replace_atomically
 
 log = logging.getLogger(__name__)
 

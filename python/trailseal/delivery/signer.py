@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import secrets
 import stat
 import sys
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from trailseal.durable import create_exclusively
 from trailseal.errors import TrailsealError
 
 PRIVATE_KEY_NAME = "signing-key.pem"
@@ -37,33 +36,6 @@ SIGNATURE_ALGORITHM = "SHA256withRSA"
 
 class SigningKeyError(TrailsealError):
     """The signing key file is missing, unreadable, unsafe or not an RSA-2048 key."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_new_file(path: Path, data: bytes, mode: int) -> bool:
-    """Create ``path`` atomically with ``mode``; False if it already existed (left untouched)."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return True
 
 
 def fingerprint_of(public_key: rsa.RSAPublicKey) -> str:
@@ -113,7 +85,7 @@ class Signer:
                     serialization.PrivateFormat.PKCS8,
                     serialization.NoEncryption(),
                 )
-                _write_new_file(path, pem, 0o600)  # another process won: load theirs below
+                create_exclusively(path, pem, 0o600)  # another process won: load theirs below
             st = path.stat()
         except OSError as e:
             raise SigningKeyError(f"cannot create or open the signing key {path}: {e}") from e
@@ -137,13 +109,13 @@ class Signer:
     def _record_public_key(self, public_dir: Path) -> None:
         try:
             public_dir.mkdir(parents=True, exist_ok=True)
-            _write_new_file(public_dir / f"{self.fingerprint}.pem", self.public_key_pem(), 0o644)
+            create_exclusively(public_dir / f"{self.fingerprint}.pem", self.public_key_pem(), 0o644)
             validity = {
                 "fingerprint": self.fingerprint,
                 "valid_from": int(time.time()),
                 "valid_to": None,
             }
-            _write_new_file(
+            create_exclusively(
                 public_dir / f"{self.fingerprint}.json", json.dumps(validity).encode(), 0o644
             )
         except OSError as e:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ import trio
 from trailseal import _core
 from trailseal.config import TrailConfig
 from trailseal.delivery.destination import Destination
+from trailseal.durable import fsync_dir
 from trailseal.errors import TrailsealError
 
 log = logging.getLogger(__name__)
@@ -46,25 +46,6 @@ _locks: dict[Path, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 T = TypeVar("T")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_atomically(path: Path, data: bytes) -> None:
-    """Write a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the dir."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class DeliveryState:
