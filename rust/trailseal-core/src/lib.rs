@@ -5,6 +5,7 @@
 //! - [`event`]: one NDJSON line → validated, defaulted, canonical event bytes (FORMATS.md §1).
 //! - [`chain`]: the per-stream SHA-256 chain (FORMATS.md §3).
 //! - [`segment`]: open segments of zstd frames, torn-tail recovery, sealing (FORMATS.md §4).
+//! - [`lines`]: NDJSON line splitting and the blank-line rule (shared with the ingest framer).
 //! - [`dedup`]: the persisted eventID window.
 //! - [`spool`]: a batch in, one result out: the orchestration the Python binding exposes.
 //! - [`verify`]: verification of sealed log files.
@@ -15,6 +16,7 @@ pub mod chain;
 pub mod dedup;
 pub mod error;
 pub mod event;
+pub mod lines;
 pub mod segment;
 pub mod spool;
 pub mod verify;

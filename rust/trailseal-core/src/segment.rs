@@ -287,7 +287,7 @@ impl Batch {
     }
 
     /// Add one canonical event (its SHA-256 already computed).
-    pub fn push(&mut self, canonical: &[u8], hash: &[u8; 32], id: &str, time: i64) {
+    pub fn push(&mut self, canonical: &[u8], hash: &[u8; 32], id: impl Into<String>, time: i64) {
         let starts_segment = self.content.len() == HEADER.len() && self.content == HEADER;
         if !starts_segment {
             self.content.extend_from_slice(SEPARATOR);
@@ -297,7 +297,7 @@ impl Batch {
         self.count += 1;
         self.oldest = self.oldest.min(time);
         self.newest = self.newest.max(time);
-        self.ids.push(id.to_owned());
+        self.ids.push(id.into());
     }
 }
 
@@ -338,6 +338,38 @@ pub fn compress_frames(c: &mut zstd::bulk::Compressor<'static>, content: &[u8]) 
         rest = &rest[cut..];
     }
     Ok(out)
+}
+
+/// Cut one batch's content into the contents of its frames: between events, each at most
+/// `target` bytes (clamped to [`MAX_FRAME_CONTENT`]) or one larger event. A smaller `target` than
+/// the maximum lets the frames of a large batch be compressed in parallel.
+pub fn frame_pieces(content: &[u8], target: usize) -> Vec<&[u8]> {
+    let max = target.clamp(1, MAX_FRAME_CONTENT);
+    let mut out = Vec::new();
+    let mut rest = content;
+    while !rest.is_empty() {
+        let cut = frame_cut(rest, max);
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out
+}
+
+/// Compress one frame with this thread's compressor for `level` (made on first use and kept:
+/// creating a zstd context per frame would cost more than compressing a small frame).
+pub fn compress_frame_here(level: i32, content: &[u8]) -> Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let c = match &mut *slot {
+            Some((l, c)) if *l == level => c,
+            other => &mut other.insert((level, compressor(level)?)).1,
+        };
+        compress_frame(c, content)
+    })
 }
 
 /// Length of the next frame's content: all of `rest` when it fits in `max`, else up to the last
@@ -436,6 +468,26 @@ impl Segment {
     pub fn append(&mut self, frame: &[u8], batch: Batch) -> Result<()> {
         self.write_frame(frame)?;
         self.hasher.update(&batch.content);
+        self.uncompressed_bytes += batch.content.len() as u64;
+        self.event_count += batch.count;
+        self.oldest = self.oldest.min(batch.oldest);
+        self.newest = self.newest.max(batch.newest);
+        self.chain_end = batch.chain_end;
+        self.event_ids.extend(batch.ids);
+        Ok(())
+    }
+
+    /// Feed content about to be appended into the running SHA-256 (see [`Segment::append_hashed`]).
+    pub fn hash_content(&mut self, content: &[u8]) {
+        self.hasher.update(content);
+    }
+
+    /// [`Segment::append`] for a batch whose content was already fed to [`Segment::hash_content`]
+    /// (so hashing can run beside compression). `frames` are the batch's compressed frames in
+    /// order, written with one `write`. On an error the running hash is ahead of the file: the
+    /// spool stops after any append error, and recovery at the next open recomputes it.
+    pub fn append_hashed(&mut self, frames: &[u8], batch: Batch) -> Result<()> {
+        self.write_frame(frames)?;
         self.uncompressed_bytes += batch.content.len() as u64;
         self.event_count += batch.count;
         self.oldest = self.oldest.min(batch.oldest);

@@ -21,10 +21,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::chain::{self, ChainValue};
 use crate::dedup::Dedup;
 use crate::error::{CoreError, Result};
-use crate::event::{self, EventContext, EventMeta, Receipt};
+use crate::event::{self, EventContext, EventMeta, Receipt, Reject};
+use crate::lines;
 use crate::segment::{self, fsync_dir, write_atomic, Batch, Recovered, Segment, SegmentMeta};
 
 #[derive(Debug, Clone)]
@@ -539,8 +542,86 @@ fn route(n_trails: usize, _event: &EventMeta, out: &mut Vec<usize>) {
     out.extend(0..n_trails);
 }
 
-fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(|b| b.is_ascii_whitespace())
+/// One non-blank line of a batch: its part, its number in the part (from 1), its text.
+struct Line<'a> {
+    part: usize,
+    lineno: u64,
+    text: &'a [u8],
+}
+
+/// What the per-event stage made of one line.
+enum Outcome {
+    /// Accepted by validation: its canonical bytes end at `end` in the slice's buffer (and start
+    /// where the previous event's end), `hash` is their SHA-256.
+    Event {
+        end: usize,
+        hash: [u8; 32],
+        meta: EventMeta,
+    },
+    Rejected {
+        part: usize,
+        lineno: u64,
+        reject: Reject,
+    },
+}
+
+/// The per-event stage's output for a contiguous slice of the batch's lines.
+struct Staged {
+    buf: Vec<u8>,
+    outcomes: Vec<Outcome>,
+}
+
+/// One stream's share of a batch.
+struct StreamBatch {
+    trail: usize,
+    account: String,
+    region: String,
+    batch: Batch,
+}
+
+/// Batches with fewer lines than this are staged on the calling thread.
+const MIN_PARALLEL_LINES: usize = 64;
+/// Slices per thread in the per-event stage (more than one evens out uneven events).
+const SLICES_PER_THREAD: usize = 4;
+/// Smallest frame content a batch is cut into for parallel compression (smaller frames compress
+/// worse and gain little).
+const MIN_PARALLEL_FRAME: usize = 1 << 20;
+
+fn stage_slice(lines: &[Line<'_>], contexts: &[EventContext<'_>]) -> Staged {
+    let bytes: usize = lines.iter().map(|l| l.text.len()).sum();
+    let mut out = Staged {
+        buf: Vec::with_capacity(bytes + bytes / 4 + 1024),
+        outcomes: Vec::with_capacity(lines.len()),
+    };
+    for line in lines {
+        let start = out.buf.len();
+        match event::process_event(line.text, &contexts[line.part], &mut out.buf) {
+            Ok(meta) => out.outcomes.push(Outcome::Event {
+                end: out.buf.len(),
+                hash: chain::event_hash(&out.buf[start..]),
+                meta,
+            }),
+            Err(reject) => out.outcomes.push(Outcome::Rejected {
+                part: line.part,
+                lineno: line.lineno,
+                reject,
+            }),
+        }
+    }
+    out
+}
+
+/// The per-event stage over all lines, in order: rayon over contiguous slices.
+fn stage_all(lines: &[Line<'_>], contexts: &[EventContext<'_>]) -> Vec<Staged> {
+    let threads = rayon::current_num_threads().max(1);
+    if lines.len() < MIN_PARALLEL_LINES || threads == 1 {
+        return vec![stage_slice(lines, contexts)];
+    }
+    let per_slice = lines.len().div_ceil(threads * SLICES_PER_THREAD).max(16);
+    lines
+        .par_chunks(per_slice)
+        .map(|slice| stage_slice(slice, contexts))
+        .collect()
 }
 
 impl Spool {
@@ -623,108 +704,207 @@ impl Spool {
             lines: vec![0; parts.len()],
             ..BatchResult::default()
         };
-        let mut streams: HashMap<(usize, StreamKey), Batch> = HashMap::new();
-        let mut order: Vec<(usize, StreamKey)> = Vec::new();
-        let mut scratch = Vec::with_capacity(4096);
-        let mut targets = Vec::with_capacity(self.trails.len());
-        let mut start = 0usize;
-        for (pi, part) in parts.iter().enumerate() {
-            let received = segment::format_time_ms(part.received_at_ms);
-            let receipt = self.cfg.add_receipt.then_some(Receipt {
-                received_at: &received,
-                peer: &part.peer,
-                agent: part.agent.as_deref(),
-            });
-            let ctx = EventContext {
+        let received: Vec<String> = parts
+            .iter()
+            .map(|p| segment::format_time_ms(p.received_at_ms))
+            .collect();
+        let contexts: Vec<EventContext<'_>> = parts
+            .iter()
+            .zip(&received)
+            .map(|(part, received)| EventContext {
                 account_id: &self.cfg.account_id,
                 region: &self.cfg.region,
                 max_event_bytes: self.cfg.max_event_bytes,
-                receipt,
+                receipt: self.cfg.add_receipt.then_some(Receipt {
+                    received_at: received,
+                    peer: &part.peer,
+                    agent: part.agent.as_deref(),
+                }),
                 received_at_secs: part.received_at_ms.div_euclid(1000),
-            };
-            let chunk = &data[start..part.end];
-            start = part.end;
+            })
+            .collect();
+        let mut lines = Vec::with_capacity(data.len() / 1024 + 16);
+        let mut start = 0usize;
+        for (pi, part) in parts.iter().enumerate() {
             let mut lineno = 0u64;
-            for raw in chunk.split(|&b| b == b'\n') {
-                let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-                if is_blank(line) {
-                    continue;
-                }
+            for text in lines::non_blank(&data[start..part.end]) {
                 lineno += 1;
-                scratch.clear();
-                let meta = match event::process_event(line, &ctx, &mut scratch) {
-                    Ok(meta) => meta,
-                    Err(rej) => {
+                lines.push(Line {
+                    part: pi,
+                    lineno,
+                    text,
+                });
+            }
+            res.lines[pi] = lineno;
+            start = part.end;
+        }
+
+        // 1. parse, validate, fill defaults, canonicalize and hash every event: in parallel over
+        // contiguous slices of the lines, each with its own output buffer.
+        let staged = stage_all(&lines, &contexts);
+        drop(contexts);
+
+        // 2. in input order: dedup, routing, the chain, appending to each stream's batch.
+        let mut streams: Vec<StreamBatch> = Vec::new();
+        let mut targets = Vec::with_capacity(self.trails.len());
+        for Staged { buf, outcomes } in staged {
+            let mut event_start = 0usize;
+            for outcome in outcomes {
+                let (end, hash, meta) = match outcome {
+                    Outcome::Rejected {
+                        part,
+                        lineno,
+                        reject,
+                    } => {
                         res.rejected += 1;
                         res.errors
-                            .push((pi, lineno, rej.code.as_str(), rej.message));
+                            .push((part, lineno, reject.code.as_str(), reject.message));
                         continue;
                     }
+                    Outcome::Event { end, hash, meta } => (end, hash, meta),
                 };
+                let canonical = &buf[event_start..end];
+                event_start = end;
                 if !self.dedup.insert(&meta.event_id) {
                     res.duplicates += 1;
                     continue;
                 }
                 res.accepted += 1;
-                let hash = chain::event_hash(&scratch);
                 route(self.trails.len(), &meta, &mut targets);
-                for &ti in &targets {
-                    let key = (ti, (meta.account.clone(), meta.region.clone()));
-                    let batch = match streams.get_mut(&key) {
-                        Some(b) => b,
+                let mut id = Some(meta.event_id);
+                for (k, &ti) in targets.iter().enumerate() {
+                    // the last trail takes the eventID itself, the others a copy
+                    let id = if k + 1 == targets.len() {
+                        id.take().unwrap_or_default()
+                    } else {
+                        id.clone().unwrap_or_default()
+                    };
+                    let found = streams.iter().position(|s| {
+                        s.trail == ti && s.account == meta.account && s.region == meta.region
+                    });
+                    let si = match found {
+                        Some(si) => si,
                         None => {
                             let trail = &self.trails[ti];
-                            let b = match trail.open.get(&key.1) {
+                            let key = (meta.account.clone(), meta.region.clone());
+                            let batch = match trail.open.get(&key) {
                                 Some(seg) => Batch::new(seg.chain_end, false),
-                                None => Batch::new(trail.chain_head(&key.1), true),
+                                None => Batch::new(trail.chain_head(&key), true),
                             };
-                            order.push(key.clone());
-                            streams.entry(key).or_insert(b)
+                            streams.push(StreamBatch {
+                                trail: ti,
+                                account: key.0,
+                                region: key.1,
+                                batch,
+                            });
+                            streams.len() - 1
                         }
                     };
-                    batch.push(&scratch, &hash, &meta.event_id, meta.event_time);
+                    streams[si]
+                        .batch
+                        .push(canonical, &hash, id, meta.event_time);
                 }
             }
-            res.lines[pi] = lineno;
         }
-        for key in order {
-            let Some(batch) = streams.remove(&key) else {
-                continue;
-            };
-            let r = self.append(key.0, key.1, batch);
-            let (u, c) = self.fail(r)?;
-            res.uncompressed_bytes += u;
-            res.compressed_bytes += c;
-        }
+
+        // 3. compress every stream's frames and hash its content, in parallel; then write.
+        let r = self.append_all(streams);
+        let (u, c) = self.fail(r)?;
+        res.uncompressed_bytes += u;
+        res.compressed_bytes += c;
         Ok(res)
     }
 
-    /// Append one stream's batch (one frame, or several cut between events when it is large),
-    /// creating its segment if needed.
-    fn append(&mut self, ti: usize, key: StreamKey, batch: Batch) -> Result<(u64, u64)> {
-        let frame = segment::compress_frames(&mut self.compressor, &batch.content)?;
-        let uncompressed = batch.content.len() as u64;
-        let trail = &mut self.trails[ti];
-        if !trail.open.contains_key(&key) {
-            let meta = SegmentMeta {
-                trail: trail.name.clone(),
-                account: key.0.clone(),
-                region: key.1.clone(),
-                seq: trail.next_seq,
-                chain_start: trail.chain_head(&key),
-                opened_at_ms: now_ms(),
-            };
-            trail.next_seq += 1;
-            let seg = Segment::create(&trail.open_dir, meta)?;
-            self.dirty_dirs.insert(trail.open_dir.clone());
-            trail.open.insert(key.clone(), seg);
+    /// Append each stream's batch (its frames cut between events), creating segments as needed
+    /// (in the order the streams were first touched, which is the order their seqs are taken).
+    /// Compression of every frame and each segment's running SHA-256 run in parallel.
+    fn append_all(&mut self, streams: Vec<StreamBatch>) -> Result<(u64, u64)> {
+        if streams.is_empty() {
+            return Ok((0, 0));
         }
-        let seg = trail
-            .open
-            .get_mut(&key)
-            .ok_or_else(|| CoreError::Invalid("internal: open segment vanished".into()))?;
-        seg.append(&frame, batch)?;
-        Ok((uncompressed, frame.len() as u64))
+        for s in &streams {
+            let trail = &mut self.trails[s.trail];
+            let key = (s.account.clone(), s.region.clone());
+            if !trail.open.contains_key(&key) {
+                let meta = SegmentMeta {
+                    trail: trail.name.clone(),
+                    account: key.0.clone(),
+                    region: key.1.clone(),
+                    seq: trail.next_seq,
+                    chain_start: trail.chain_head(&key),
+                    opened_at_ms: now_ms(),
+                };
+                trail.next_seq += 1;
+                let seg = Segment::create(&trail.open_dir, meta)?;
+                self.dirty_dirs.insert(trail.open_dir.clone());
+                trail.open.insert(key, seg);
+            }
+        }
+        // The frames: a large batch is cut into about one frame per thread (never less than
+        // MIN_PARALLEL_FRAME bytes each) so that they compress in parallel.
+        let threads = rayon::current_num_threads().max(1);
+        let pieces: Vec<(usize, &[u8])> = streams
+            .iter()
+            .enumerate()
+            .flat_map(|(si, s)| {
+                let len = s.batch.content.len();
+                let target = len.div_ceil(threads).max(MIN_PARALLEL_FRAME);
+                segment::frame_pieces(&s.batch.content, target)
+                    .into_iter()
+                    .map(move |p| (si, p))
+            })
+            .collect();
+        // Each stream's segment, for hashing beside the compression.
+        let mut segs: Vec<Option<&mut Segment>> = streams.iter().map(|_| None).collect();
+        for (ti, trail) in self.trails.iter_mut().enumerate() {
+            for (key, seg) in trail.open.iter_mut() {
+                if let Some(si) = streams
+                    .iter()
+                    .position(|s| s.trail == ti && s.account == key.0 && s.region == key.1)
+                {
+                    segs[si] = Some(seg);
+                }
+            }
+        }
+        let level = self.cfg.zstd_level;
+        let (frames, ()) = rayon::join(
+            || {
+                pieces
+                    .par_iter()
+                    .map(|(si, piece)| segment::compress_frame_here(level, piece).map(|f| (*si, f)))
+                    .collect::<Result<Vec<_>>>()
+            },
+            || {
+                for (seg, s) in segs.iter_mut().zip(&streams) {
+                    if let Some(seg) = seg {
+                        seg.hash_content(&s.batch.content);
+                    }
+                }
+            },
+        );
+        drop(segs);
+        let frames = frames?;
+        let mut per_stream: Vec<Vec<u8>> = streams.iter().map(|_| Vec::new()).collect();
+        for (si, f) in frames {
+            if per_stream[si].is_empty() {
+                per_stream[si] = f;
+            } else {
+                per_stream[si].extend_from_slice(&f);
+            }
+        }
+        let (mut uncompressed, mut compressed) = (0u64, 0u64);
+        for (s, frames) in streams.into_iter().zip(per_stream) {
+            let trail = &mut self.trails[s.trail];
+            let key = (s.account, s.region);
+            let seg = trail
+                .open
+                .get_mut(&key)
+                .ok_or_else(|| CoreError::Invalid("internal: open segment vanished".into()))?;
+            uncompressed += s.batch.content.len() as u64;
+            compressed += frames.len() as u64;
+            seg.append_hashed(&frames, s.batch)?;
+        }
+        Ok((uncompressed, compressed))
     }
 
     /// fsync every segment written and every directory changed since the last sync.
