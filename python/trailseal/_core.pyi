@@ -153,6 +153,11 @@ def canonicalize(data: bytes) -> bytes:
 def chain_step(previous: bytes, canonical_event: bytes) -> bytes:
     """``SHA-256(previous ‖ SHA-256(canonical_event))`` (FORMATS.md §3); ``previous``: 32 bytes."""
 
+def count_lines(data: bytes) -> int:
+    """Non-blank lines in ``data``, by the spool's rule: lines end with ``\\n``; a blank line is
+    empty or holds only spaces, tabs and ``\\r``; a final piece after the last ``\\n`` counts
+    when it is not blank. Releases the GIL for inputs of 1 MiB or more."""
+
 def verify_log(data: bytes, compression: str, chain_start: str) -> VerifyReport:
     """Verify one log file's bytes (``compression`` "zstd" or "gzip"). Besides the content, the
     compressed encoding must be trailseal's own (single-segment zstd frames with checksum, no

@@ -21,17 +21,18 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from trailseal import _core
 
 __all__ = ["Chunk", "EventTooLarge", "LineFramer", "count_lines"]
 
-_BLANK_LINE = re.compile(rb"^[ \t\r]*\n", re.MULTILINE)
-
 
 def count_lines(data: bytes) -> int:
-    """Non-blank lines in ``data`` (whole lines, each ending with ``\\n``)."""
-    return data.count(b"\n") - len(_BLANK_LINE.findall(data))
+    """Non-blank lines in ``data`` (whole lines, each ending with ``\\n``), counted by the core
+    with the spool's own rule (memchr over the newlines; the line numbers of acks and errors
+    depend on the two agreeing)."""
+    return _core.count_lines(data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -318,6 +318,18 @@ fn chain_step<'py>(
     Ok(PyBytes::new(py, &chain::step(&prev, canonical_event)))
 }
 
+/// Inputs at least this large are counted with the GIL released.
+const COUNT_LINES_DETACH_BYTES: usize = 1 << 20;
+
+#[pyfunction]
+fn count_lines(py: Python<'_>, data: &[u8]) -> usize {
+    if data.len() >= COUNT_LINES_DETACH_BYTES {
+        py.detach(|| trailseal_core::lines::count_non_blank(data))
+    } else {
+        trailseal_core::lines::count_non_blank(data)
+    }
+}
+
 #[pyfunction]
 fn verify_log(
     py: Python<'_>,
@@ -358,5 +370,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(canonicalize, m)?)?;
     m.add_function(wrap_pyfunction!(chain_step, m)?)?;
     m.add_function(wrap_pyfunction!(verify_log, m)?)?;
+    m.add_function(wrap_pyfunction!(count_lines, m)?)?;
     Ok(())
 }
