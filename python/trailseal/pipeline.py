@@ -5,9 +5,11 @@ sealer (sealing policy), plus the per-connection state they settle lines on.
   one bounded channel; when it is full they stop reading (backpressure).
 - The batcher takes one submission (blocking), then everything already waiting up to
   :data:`BATCH_MAX_BYTES` / :data:`BATCH_MAX_CHUNKS`, and in ONE worker-thread call runs
-  ``Core.process`` then ``Core.sync``. While that thread works, connections keep filling the
-  channel, so the next fsync serves all of them (group commit). Then each connection gets its
-  errors and its new ack (:meth:`Connection.settle`), never blocking the batcher.
+  ``Core.process`` then ``Core.sync`` (and reads ``Core.open_segments`` for the sealer, so the
+  sealing check after a batch costs no second thread hop). While that thread works, connections
+  keep filling the channel, so the next fsync serves all of them (group commit). Then each
+  connection gets its errors and its new ack (:meth:`Connection.settle`), never blocking the
+  batcher.
 - The sealer seals open segments that reached ``seal_after_bytes`` or ``seal_after_secs``
   (after each batch and on a 1 s timer; all of them at shutdown) and hands each
   ``SealedFile`` to its trail's uploader channel.
@@ -205,19 +207,23 @@ async def run_batcher(
                     break
                 batch.append(more)
                 size += _size(more)
-            await process_batch(runner, batch, stats)
+            segments = await process_batch(runner, batch, stats)
             if sealer is not None:
-                await sealer.check()
+                await sealer.check(segments=segments)
 
 
 def _size(sub: Submission) -> int:
     return len(sub.item.data) if isinstance(sub.item, Chunk) else 0
 
 
-async def process_batch(runner: CoreRunner, batch: list[Submission], stats: PipelineStats) -> None:
-    """Process, fsync, then settle every connection in the batch (errors before acks)."""
+async def process_batch(
+    runner: CoreRunner, batch: list[Submission], stats: PipelineStats
+) -> list[_core.OpenSegment] | None:
+    """Process, fsync, then settle every connection in the batch (errors before acks). Returns
+    the open segments as of right after the batch (None when it held no chunk)."""
     chunks = [sub for sub in batch if isinstance(sub.item, Chunk)]
     result: _core.BatchResult | None = None
+    segments: list[_core.OpenSegment] | None = None
     if chunks:
         pieces: list[bytes] = []
         parts: list[tuple[int, str, str | None, int]] = []
@@ -230,12 +236,12 @@ async def process_batch(runner: CoreRunner, batch: list[Submission], stats: Pipe
         data = b"".join(pieces)
         core = runner.core
 
-        def work() -> _core.BatchResult:
+        def work() -> tuple[_core.BatchResult, list[_core.OpenSegment]]:
             res = core.process(data, parts)
             core.sync()
-            return res
+            return res, core.open_segments()
 
-        result = await runner.call(work)
+        result, segments = await runner.call(work)
         stats.batches += 1
         stats.accepted += result.accepted
         stats.duplicates += result.duplicates
@@ -270,6 +276,7 @@ async def process_batch(runner: CoreRunner, batch: list[Submission], stats: Pipe
         settled[id(conn)] = (conn, max(entry[1], upto), replies)
     for conn, upto, replies in settled.values():
         conn.settle(upto, replies)
+    return segments
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,22 +344,37 @@ class Sealer:
             log.warning("spool has room again (%d bytes): ingest resumes", self.spool_bytes)
             self._room.set()
 
-    async def check(self, *, everything: bool = False) -> list[_core.SealedFile]:
-        """Seal what the policy says is due (everything with ``everything=True``)."""
+    def _due(self, seg: _core.OpenSegment, now_ms: float) -> bool:
+        trail = self.config.trails.get(seg.trail)
+        return (
+            trail is not None
+            and seg.event_count > 0
+            and (
+                seg.uncompressed_bytes >= trail.seal_after_bytes
+                or now_ms - seg.opened_at_ms >= trail.seal_after_secs * 1000
+            )
+        )
+
+    async def check(
+        self, *, everything: bool = False, segments: list[_core.OpenSegment] | None = None
+    ) -> list[_core.SealedFile]:
+        """Seal what the policy says is due (everything with ``everything=True``). ``segments``:
+        the open segments as just read in the batcher's worker call (saves a thread hop when
+        nothing is due); by default they are read here."""
+        if segments is not None and not everything:
+            now_ms = time.time() * 1000
+            if not any(self._due(seg, now_ms) for seg in segments):
+                return []
         async with self._lock:
+            # Read again under the lock: the timer may have sealed some meanwhile.
             segments = await self.runner.call(self.runner.core.open_segments)
             now_ms = time.time() * 1000
             sealed: list[_core.SealedFile] = []
             for seg in segments:
                 trail = self.config.trails.get(seg.trail)
-                if trail is None:
+                if trail is None or seg.event_count == 0:
                     continue
-                due = (
-                    everything
-                    or seg.uncompressed_bytes >= trail.seal_after_bytes
-                    or now_ms - seg.opened_at_ms >= trail.seal_after_secs * 1000
-                )
-                if not due or seg.event_count == 0:
+                if not (everything or self._due(seg, now_ms)):
                     continue
                 key = layout.log_object_key(
                     prefix=self.prefixes.get(seg.trail, ""),
