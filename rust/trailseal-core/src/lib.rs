@@ -6,6 +6,7 @@
 //! - [`chain`]: the per-stream SHA-256 chain (FORMATS.md §3).
 //! - [`segment`]: open segments of zstd frames, torn-tail recovery, sealing (FORMATS.md §4).
 //! - [`lines`]: NDJSON line splitting and the blank-line rule (shared with the ingest framer).
+//! - [`select`]: CloudTrail event selectors (basic and advanced), checked and compiled.
 //! - [`dedup`]: the persisted eventID window.
 //! - [`spool`]: a batch in, one result out: the orchestration the Python binding exposes.
 //! - [`verify`]: verification of sealed log files.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod event;
 pub mod lines;
 pub mod segment;
+pub mod select;
 pub mod spool;
 pub mod verify;
 
