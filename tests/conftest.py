@@ -297,3 +297,34 @@ def read_until_ack(sock: socket.socket, n: int) -> list[dict[str, Any]]:
             out.append(reply)
             if reply.get("ack", -1) >= n:
                 return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A real S3 server (SeaweedFS, tests/s3server.py)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One ``weed mini`` for the whole session (started on first use, killed at the end)."""
+    from s3server import S3Server
+
+    work = tmp_path_factory.mktemp("s3server")
+    server = S3Server.start(work)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def s3(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The session's S3 server with this process's AWS SDK chain pointed at it (env vars).
+    ``s3.new_bucket()`` gives a fresh bucket; ``s3.env()`` is for subprocesses."""
+    from s3server import AWS_ENV_CLEARED
+
+    for name in AWS_ENV_CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

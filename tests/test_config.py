@@ -209,7 +209,7 @@ def test_missing_file(clean_env: Path) -> None:
         ('[trails.t1]\ncompression = "gzip"\n', "'gzip': gzip log files are not implemented yet"),
         (
             '[trails.t1]\ndestination = "s3://b/p"\n',
-            "[trails.t1] destination: 's3://b/p': s3:// destinations are not implemented yet",
+            "[trails.t1] destination: 's3://b/p': 'b' is not an S3 bucket name",
         ),
         (
             '[trails.t1]\ndestination = "file://rel/dir"\n',

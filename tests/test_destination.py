@@ -36,7 +36,7 @@ def test_bucket_prefix_url(dest: FileDestination, tmp_path: Path) -> None:
         ("file://host/dir", "no host"),
         ("file:relative/dir", "absolute"),
         ("ftp://x/y", "unknown scheme 'ftp'"),
-        ("s3://bucket/prefix", "not supported"),
+        ("s3://b/prefix", "not an S3 bucket name"),
     ],
 )
 def test_bad_urls(url: str, match: str) -> None:

@@ -63,6 +63,11 @@ class TrailConfig:
     destination: str
     """``file:///abs/dir`` or ``s3://bucket[/prefix]``."""
     s3_endpoint_url: str = ""
+    """S3-compatible server; "" is the AWS SDK default (which honours AWS_ENDPOINT_URL_S3)."""
+    s3_region: str = ""
+    """"" is the AWS SDK default (AWS_REGION, the shared config…)."""
+    s3_multipart_threshold_bytes: int = 67108864
+    """Log files larger than this go up as a multipart upload (per-part SHA-256 checksums)."""
     compression: str = "zstd"
     seal_after_bytes: int = 67108864
     seal_after_secs: float = 300.0
@@ -407,18 +412,25 @@ _COMPRESSIONS: dict[str, str | None] = {
 def _load_trail(s: _Section, name: str, daemon: DaemonConfig) -> TrailConfig:
     default_destination = f"file://{daemon.data_dir / 'bucket'}"
     destination = s.string("destination", default_destination)
-    if destination.startswith("s3://"):
-        raise s.error(
-            "destination",
-            f"{destination!r}: s3:// destinations are {_NOT_YET}; use file:///absolute/dir",
-        )
-    if not destination.startswith("file:///") or destination.rstrip("/") == "file://":
+    is_s3 = destination.startswith("s3://")
+    if is_s3:
+        from trailseal.delivery.s3 import parse_s3_url  # boto3 is imported only for s3 trails
+
+        try:
+            parse_s3_url(destination, daemon.host_id)
+        except ConfigError as exc:
+            raise s.error("destination", str(exc).removeprefix("destination ")) from None
+    elif not destination.startswith("file:///") or destination.rstrip("/") == "file://":
         raise s.error(
             "destination",
             f"{destination!r} is not file:///absolute/dir or s3://bucket[/prefix]",
         )
     values: dict[str, Any] = {
         "s3_endpoint_url": s.string("s3_endpoint_url", ""),
+        "s3_region": s.string("s3_region", ""),
+        "s3_multipart_threshold_bytes": s.integer(
+            "s3_multipart_threshold_bytes", 67108864, minimum=5 * 1024 * 1024
+        ),
         "compression": s.choice("compression", "zstd", _COMPRESSIONS),
         "seal_after_bytes": s.integer("seal_after_bytes", 67108864, minimum=1),
         "seal_after_secs": s.seconds("seal_after_secs", 300.0, minimum=0, inclusive=False),
@@ -438,6 +450,26 @@ def _load_trail(s: _Section, name: str, daemon: DaemonConfig) -> TrailConfig:
     org = values["organization_id"]
     if org and not _ORG_RE.fullmatch(org):
         raise s.error("organization_id", f"{org!r} is not an organization id like o-abcdefghij")
+    endpoint = values["s3_endpoint_url"]
+    if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+        raise s.error("s3_endpoint_url", f"{endpoint!r} is not an http(s)://host[:port] URL")
+    if not is_s3:
+        for s3_only in ("sse", "kms_key_id", "object_lock_mode", "object_lock_days"):
+            if values[s3_only]:
+                raise s.error(
+                    s3_only,
+                    f"applies only to s3:// destinations, not {destination!r}: remove the key "
+                    "(protect a file:// directory with the file system)",
+                )
+    if values["kms_key_id"] and values["sse"] != "aws:kms":
+        raise s.error("kms_key_id", 'is used only with sse = "aws:kms"; set both or neither')
+    if bool(values["object_lock_mode"]) != bool(values["object_lock_days"]):
+        missing = "object_lock_days" if values["object_lock_mode"] else "object_lock_mode"
+        raise s.error(
+            missing,
+            "object_lock_mode and object_lock_days go together: set both (e.g. "
+            '"COMPLIANCE" and 365) or neither',
+        )
     for later in ("notify_url", "event_selectors", "advanced_event_selectors"):
         value = s._get(later)
         if value not in (None, "", []):

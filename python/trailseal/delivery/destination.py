@@ -1,5 +1,7 @@
 """Destinations: where log files, digests and public keys are delivered (FORMATS.md §7).
 
+``file://`` lives here; ``s3://`` in :mod:`trailseal.delivery.s3` (same contract).
+
 ``open_destination(url, host_id=…)`` gives a :class:`Destination` whose methods block (callers
 run them through ``trio.to_thread.run_sync``). Keys are full object keys (the prefix included,
 as :mod:`trailseal.delivery.layout` builds them).
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from trailseal.config import TrailConfig
 from trailseal.durable import TMP_MARK, create_exclusively, fsync_dir
 from trailseal.errors import ConfigError, DeliveryError, IntegrityError
 
@@ -207,9 +210,19 @@ class FileDestination:
             fsync_dir(target.parent)
 
 
-def open_destination(url: str, *, host_id: str) -> Destination:
-    """The destination at ``url`` (``file:///abs/dir``; ``s3://bucket[/prefix]`` is not yet
-    supported). ``{host_id}`` in a prefix is replaced by ``host_id``."""
+def open_destination(
+    url: str,
+    *,
+    host_id: str,
+    trail: TrailConfig | None = None,
+    s3_endpoint_url: str = "",
+) -> Destination:
+    """The destination at ``url``: ``file:///abs/dir`` or ``s3://bucket[/prefix]``
+    (:mod:`trailseal.delivery.s3`). ``{host_id}`` in a path or prefix is replaced by ``host_id``.
+
+    ``trail`` gives an S3 destination the trail's settings (endpoint, region, SSE, Object Lock,
+    multipart threshold); readers without a trail pass ``s3_endpoint_url`` (else the AWS SDK's
+    default, which honours ``AWS_ENDPOINT_URL_S3``)."""
     parts = urlsplit(url)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -225,10 +238,22 @@ def open_destination(url: str, *, host_id: str) -> Destination:
             )
         return FileDestination(url, root)
     if parts.scheme == "s3":
-        raise ConfigError(
-            f"destination {url!r}: s3:// destinations are not supported by this build yet; "
-            "use a file:///abs/dir destination"
-        )
+        from trailseal.delivery.s3 import S3Destination, S3Options, parse_s3_url
+
+        bucket, prefix = parse_s3_url(url, host_id)
+        if trail is not None:
+            options = S3Options(
+                endpoint_url=trail.s3_endpoint_url,
+                region=trail.s3_region,
+                sse=trail.sse,
+                kms_key_id=trail.kms_key_id,
+                object_lock_mode=trail.object_lock_mode,
+                object_lock_days=trail.object_lock_days,
+                multipart_threshold_bytes=trail.s3_multipart_threshold_bytes,
+            )
+        else:
+            options = S3Options(endpoint_url=s3_endpoint_url)
+        return S3Destination(url, bucket, prefix, options)
     raise ConfigError(
         f"destination {url!r}: unknown scheme {parts.scheme!r}; use file:///abs/dir or "
         "s3://bucket/prefix"
