@@ -164,3 +164,14 @@ def verify_log(data: bytes, compression: str, chain_start: str) -> VerifyReport:
     skippable frames; one gzip member with header ``1f8b0800 00000000 00ff``): any other is a
     problem starting "modified or not written by trailseal" naming the byte offset. Releases the
     GIL."""
+
+def check_selectors(selectors_json: str) -> None:
+    """Check a trail's event selectors: a JSON object ``{"event_selectors": [...]}``,
+    ``{"advanced_event_selectors": [...]}`` or ``{}``, in CloudTrail's shapes and member names.
+    Raises ValueError naming the selector index, the member and the rule when CloudTrail would
+    refuse them (InvalidEventSelectorsException)."""
+
+def selector_matches(selectors_json: str, canonical_event: bytes) -> bool:
+    """Whether a trail with these selectors logs this event (a JSON object after defaults, e.g.
+    canonical bytes). For tests and tools; the spool evaluates selectors per batch. Raises
+    ValueError for refused selectors or an event missing a defaulted field."""

@@ -371,5 +371,29 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chain_step, m)?)?;
     m.add_function(wrap_pyfunction!(verify_log, m)?)?;
     m.add_function(wrap_pyfunction!(count_lines, m)?)?;
+    m.add_function(wrap_pyfunction!(check_selectors, m)?)?;
+    m.add_function(wrap_pyfunction!(selector_matches, m)?)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event selectors (trailseal_core::select): config checks and tests; the spool evaluates them
+// per batch.
+
+fn selectors_from_json(selectors_json: &str) -> PyResult<trailseal_core::select::Selectors> {
+    trailseal_core::select::Selectors::from_json(selectors_json)
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+#[pyfunction]
+fn check_selectors(selectors_json: &str) -> PyResult<()> {
+    selectors_from_json(selectors_json).map(|_| ())
+}
+
+#[pyfunction]
+fn selector_matches(selectors_json: &str, canonical_event: &[u8]) -> PyResult<bool> {
+    let selectors = selectors_from_json(selectors_json)?;
+    let record = trailseal_core::select::EventRecord::from_canonical(canonical_event)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(record.with_fields(|fields| selectors.matches(fields)))
 }
