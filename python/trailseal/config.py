@@ -12,6 +12,7 @@ every key; a test parses it.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import socket
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from trailseal import _core
 from trailseal.errors import ConfigError
 
 
@@ -79,6 +81,10 @@ class TrailConfig:
     object_lock_mode: str = ""
     object_lock_days: int = 0
     retention_days: int = 0
+    selectors_json: str = "{}"
+    """The trail's event selectors as the JSON object ``_core`` takes:
+    ``{"event_selectors": [...]}``, ``{"advanced_event_selectors": [...]}`` or ``"{}"`` (no
+    selectors: every management event, read and write). Checked at load by the core."""
 
 
 @dataclass(frozen=True)
@@ -470,12 +476,42 @@ def _load_trail(s: _Section, name: str, daemon: DaemonConfig) -> TrailConfig:
             "object_lock_mode and object_lock_days go together: set both (e.g. "
             '"COMPLIANCE" and 365) or neither',
         )
-    for later in ("notify_url", "event_selectors", "advanced_event_selectors"):
-        value = s._get(later)
-        if value not in (None, "", []):
-            raise s.error(later, f"{_NOT_YET}; remove the key (the trail logs every event)")
+    if s._get("notify_url") not in (None, ""):
+        raise s.error("notify_url", f"{_NOT_YET}; remove the key")
+    values["selectors_json"] = _load_selectors(s)
     s.check_unknown()
     return TrailConfig(name=name, destination=destination, **values)
+
+
+_SELECTOR_KEYS = ("event_selectors", "advanced_event_selectors")
+
+
+def _load_selectors(s: _Section) -> str:
+    """``event_selectors`` / ``advanced_event_selectors`` (CloudTrail's shapes and member names)
+    → the JSON object the core takes, refused here with the core's reason when CloudTrail would
+    refuse them. An absent key or an empty array means "not set"."""
+    chosen: dict[str, Any] = {}
+    for key in _SELECTOR_KEYS:
+        value = s._get(key)
+        if value is None or value == []:
+            continue
+        if not isinstance(value, list):
+            raise s.error(key, f"expected an array of selector tables, got {_show(value)}")
+        chosen[key] = value
+    if not chosen:
+        return "{}"
+    key = next(iter(chosen))
+    try:
+        text = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+    except TypeError as exc:  # e.g. a TOML date where CloudTrail takes a string
+        raise s.error(
+            key, f"selectors hold a value that is not a string, bool or array: {exc}"
+        ) from None
+    try:
+        _core.check_selectors(text)
+    except ValueError as exc:
+        raise s.error(key, f"{exc}; see CloudTrail's PutEventSelectors for the rules") from None
+    return text
 
 
 def describe(config: Config) -> str:
