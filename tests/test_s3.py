@@ -10,18 +10,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+
+import reference
 from conftest import DaemonProcess, exchange, free_tcp_port, wait_until
 from s3server import S3Server
-
 from trailseal import config as config_mod
 from trailseal.config import TrailConfig
 from trailseal.delivery import layout
@@ -262,3 +265,217 @@ def test_config_accepts_s3_and_refuses_s3_only_keys_on_file(tmp_path: Path) -> N
         _load(tmp_path, 'destination = "s3://my-bucket"\nkms_key_id = "k"\n')
     with pytest.raises(ConfigError, match=r"destination: .*not an S3 bucket name"):
         _load(tmp_path, 'destination = "s3://B"\n')
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon end to end
+
+
+def _events(n: int, tag: str) -> bytes:
+    return b"".join(
+        json.dumps(
+            {"eventName": "PutObject", "eventSource": "s3.amazonaws.com", "requestID": f"{tag}{i}"}
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
+
+
+def _send(d: DaemonProcess, n: int, tag: str) -> None:
+    with d.connect_unix() as sock:
+        replies = exchange(sock, _events(n, tag))
+    assert replies[-1] == {"ack": n}, replies
+
+
+def _shape(key: str, prefix: str) -> str:
+    """A key with its delivery time and random name part masked (they differ run to run)."""
+    assert key.startswith(prefix), key
+    rest = key[len(prefix) :]
+    rest = re.sub(r"\d{4}/\d{2}/\d{2}/", "YYYY/MM/DD/", rest)
+    rest = re.sub(r"_\d{8}T\d{4,6}Z(_[A-Za-z0-9]{16})?", r"_TIME\1", rest)
+    rest = re.sub(r"_TIME_[A-Za-z0-9]{16}", "_TIME_RANDOM", rest)
+    return re.sub(r"/[0-9a-f]{32}\.pem$", "/FINGERPRINT.pem", rest)
+
+
+def _validate(dest_url: str, endpoint: str, public_key: Path, env: dict[str, str]) -> Any:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trailseal.cli",
+            "validate",
+            *("--destination", dest_url, "--s3-endpoint-url", endpoint),
+            *("--public-key", str(public_key), "--no-progress"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def _public_key(d: DaemonProcess) -> Path:
+    (pem,) = sorted((d.data_dir / "keys" / "public").glob("*.pem"))
+    return pem
+
+
+def _child_env(s3: S3Server) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(s3.env())
+    return env
+
+
+def test_daemon_delivers_to_s3_like_file_and_validate_catches_a_flipped_byte(
+    s3: S3Server, daemon: Any
+) -> None:
+    bucket = s3.new_bucket()
+    s3_trail = {
+        "destination": f"s3://{bucket}/fleet/{{host_id}}",
+        "s3_endpoint_url": s3.endpoint,
+        "s3_region": "us-east-1",
+        "sse": "AES256",
+    }
+    d = daemon(trail=s3_trail, env=s3.env())
+    wait_until(lambda: f"trail default: s3://{bucket}/" in d.stderr(), what="the trail line")
+    _send(d, 50, "a")
+    assert d.stop() == 0, d.stderr()
+    f = daemon()  # the same events through a file:// trail
+    _send(f, 50, "a")
+    assert f.stop() == 0, f.stderr()
+
+    prefix = "fleet/test-host/"
+    dest = s3_dest(s3, f"s3://{bucket}/fleet/test-host")
+    keys = dest.list_keys()
+    file_keys = sorted(
+        p.relative_to(f.bucket).as_posix()
+        for p in f.bucket.rglob("*")
+        if p.is_file() and not p.name.endswith(".metadata.json")
+    )
+    assert sorted(_shape(k, prefix) for k in keys) == sorted(_shape(k, "") for k in file_keys)
+    logs = [k for k in keys if layout.is_log_file_key(k)]
+    digests = [k for k in keys if layout.parse_digest_key(k)]
+    assert logs and len(digests) == 1
+    meta = dest.get_metadata(digests[0])
+    assert set(meta) == {"signature", "signature-algorithm"}
+    client = s3.client()
+    for key in keys:
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        assert head["ServerSideEncryption"] == "AES256", key
+        assert head.get("ChecksumSHA256"), key
+
+    env = _child_env(s3)
+    ok = _validate(f"s3://{bucket}/fleet/test-host", s3.endpoint, _public_key(d), env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"{len(logs)}/{len(logs)} log files valid" in ok.stdout, ok.stdout
+
+    victim = logs[0]
+    data = bytearray(dest.get_bytes(victim))
+    data[len(data) // 2] ^= 0x01
+    client.put_object(Bucket=bucket, Key=victim, Body=bytes(data))
+    bad = _validate(f"s3://{bucket}/fleet/test-host", s3.endpoint, _public_key(d), env)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert victim in bad.stdout + bad.stderr
+
+
+def test_object_lock_trail_refuses_a_plain_bucket(s3: S3Server, daemon: Any) -> None:
+    bucket = s3.new_bucket()
+    d = daemon(
+        trail={
+            "destination": f"s3://{bucket}",
+            "s3_endpoint_url": s3.endpoint,
+            "object_lock_mode": "COMPLIANCE",
+            "object_lock_days": 1,
+        },
+        env=s3.env(),
+        wait=False,
+    )
+    assert d.proc.wait(timeout=60) == 2
+    lines = [line for line in d.stderr().splitlines() if bucket in line]
+    assert len(lines) == 1, d.stderr()
+    assert "[trails.default] object_lock_mode" in lines[0]
+    assert "does not have Object Lock enabled" in lines[0]
+    assert s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_object_lock_trail_locks_every_object(s3: S3Server, daemon: Any) -> None:
+    bucket = s3.new_bucket(object_lock=True)
+    d = daemon(
+        trail={
+            "destination": f"s3://{bucket}/locked",
+            "s3_endpoint_url": s3.endpoint,
+            "object_lock_mode": "GOVERNANCE",
+            "object_lock_days": 3,
+        },
+        env=s3.env(),
+    )
+    _send(d, 5, "lock")
+    assert d.stop() == 0, d.stderr()
+    client = s3.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(layout.is_log_file_key(k) for k in keys)
+    assert any(layout.parse_digest_key(k) for k in keys)
+    assert any(k.startswith(f"locked/{layout.PUBLIC_KEYS_DIR}/") for k in keys)
+    soon = datetime.now(UTC) + timedelta(days=3)
+    for key in keys:
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE", key
+        assert soon - timedelta(hours=1) < head["ObjectLockRetainUntilDate"] <= soon, key
+        with pytest.raises(ClientError) as info:
+            client.delete_object(Bucket=bucket, Key=key, VersionId=head["VersionId"])
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, key
+
+
+def test_outage_loses_nothing_and_delivers_each_file_once(
+    tmp_path: Path, daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = S3Server.start(tmp_path / "outage-s3")
+    try:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        bucket = server.new_bucket()
+        d = daemon(
+            trail={
+                "destination": f"s3://{bucket}/p",
+                "s3_endpoint_url": server.endpoint,
+                "seal_after_secs": 0.3,
+            },
+            env=server.env(),
+        )
+        dest = s3_dest(server, f"s3://{bucket}/p")
+
+        def logs() -> list[str]:
+            return [k for k in dest.list_keys() if layout.is_log_file_key(k)]
+
+        _send(d, 20, "before")
+        wait_until(lambda: len(logs()) == 1, what="the first log file in S3")
+        sealed_dir = d.data_dir / "spool" / "default" / "sealed"
+        server.pause()
+        try:
+            _send(d, 20, "during")  # acknowledged: the spool is local
+            wait_until(lambda: any(sealed_dir.glob("*.log")), what="a sealed file waiting for S3")
+            time_paused = 3.0  # the outage itself (not a synchronisation)
+            time.sleep(time_paused)
+            assert any(sealed_dir.glob("*.log")), "delivered while S3 was stopped?"
+        finally:
+            server.resume()
+        _send(d, 20, "after")
+        wait_until(lambda: not any(sealed_dir.glob("*.log")), timeout=120, what="catch-up")
+        assert d.stop() == 0, d.stderr()
+
+        delivered = logs()
+        versions = server.client().list_object_versions(Bucket=bucket).get("Versions", [])
+        assert len([v for v in versions if v["Key"] in delivered]) == len(delivered)
+        ids: list[str] = []
+        for key in delivered:
+            text = reference.decompress(dest.get_bytes(key), "zstd")
+            for line in text.splitlines()[1:-1]:
+                ids.append(json.loads(line.rstrip(b","))["requestID"])
+        expected = [f"{tag}{i}" for tag in ("before", "during", "after") for i in range(20)]
+        assert sorted(ids) == sorted(expected)  # nothing lost, nothing twice
+
+        ok = _validate(f"s3://{bucket}/p", server.endpoint, _public_key(d), _child_env(server))
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert f"{len(delivered)}/{len(delivered)} log files valid" in ok.stdout, ok.stdout
+    finally:
+        server.stop()

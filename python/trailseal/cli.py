@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also trust the public keys stored in the destination (a weaker check)",
     )
+    validate.add_argument(
+        "--s3-endpoint-url",
+        default="",
+        metavar="URL",
+        help="S3-compatible server for an s3:// destination (default: AWS_ENDPOINT_URL_S3, else "
+        "AWS); credentials come from the usual AWS chain",
+    )
     validate.add_argument("-v", "--verbose", action="store_true", help="list every file checked")
     validate.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 

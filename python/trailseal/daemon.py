@@ -34,12 +34,12 @@ import trio
 
 from trailseal import _core
 from trailseal import config as config_mod
-from trailseal.config import Config
+from trailseal.config import Config, TrailConfig
 from trailseal.delivery import uploader
 from trailseal.delivery.destination import Destination, open_destination
 from trailseal.delivery.digest import DigestWriter
 from trailseal.delivery.signer import Signer
-from trailseal.errors import TrailsealError
+from trailseal.errors import DeliveryError, TrailsealError
 from trailseal.ingest.listener import Ingest, bind_tcp, bind_unix
 from trailseal.pipeline import CoreRunner, PipelineStats, Sealer, Submission, run_batcher
 
@@ -153,6 +153,21 @@ def _check_data_dir(data_dir: Path) -> None:
         ) from None
 
 
+def _check_object_lock(
+    config: Config, name: str, trail: TrailConfig, destination: Destination
+) -> None:
+    """A trail with ``object_lock_mode`` needs a bucket with Object Lock enabled: refuse to start
+    (ConfigError) when the bucket says it has none; when the bucket cannot be asked now (S3 down),
+    start anyway with a WARNING (the puts are retried and fail loudly until it is fixed)."""
+    check = getattr(destination, "check_object_lock", None)
+    if not trail.object_lock_mode or check is None:
+        return
+    try:
+        check(f"{config.source or '<defaults>'}: [trails.{name}] object_lock_mode")
+    except DeliveryError as exc:
+        log.warning("trail %s: cannot check the bucket's Object Lock now: %s", name, exc)
+
+
 def _prepare(config: Config) -> _Prepared:
     data_dir = config.daemon.data_dir
     _check_data_dir(data_dir)
@@ -174,9 +189,11 @@ def _prepare(config: Config) -> _Prepared:
     try:
         signer = Signer.load_or_create(data_dir / "keys")
         destinations = {
-            name: open_destination(trail.destination, host_id=config.daemon.host_id)
+            name: open_destination(trail.destination, host_id=config.daemon.host_id, trail=trail)
             for name, trail in config.trails.items()
         }
+        for name, trail in config.trails.items():
+            _check_object_lock(config, name, trail, destinations[name])
     except TrailsealError as exc:
         raise StartupError(str(exc)) from None
     sockets: list[tuple[socket.socket, str]] = []

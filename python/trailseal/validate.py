@@ -533,7 +533,11 @@ def main(args: argparse.Namespace) -> int:
                 f"--destination {args.destination}: replace {{host_id}} with the host's id "
                 "(each host's chains live under its own prefix)"
             )
-        dest = open_destination(args.destination, host_id="")
+        dest = open_destination(
+            args.destination,
+            host_id="",
+            s3_endpoint_url=getattr(args, "s3_endpoint_url", "") or "",
+        )
         keys = _load_keys(args, dest)
     except TrailsealError as e:
         print(f"trailseal validate: {e}", file=sys.stderr)
