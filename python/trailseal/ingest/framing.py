@@ -84,13 +84,15 @@ class LineFramer:
                 return out
             self._discarding = False
             data = data[end + 1 :]
-        buffer = self._partial + data if self._partial else data
-        cut = buffer.rfind(b"\n") + 1
+        # Each byte is copied once on its way into a chunk (the buffer of the last, partial
+        # line aside): the new whole lines are joined to the held partial line in one step.
+        cut = data.rfind(b"\n") + 1
         if cut:
-            self._emit(out, buffer[:cut])
-            self._partial = buffer[cut:]
+            whole = data if cut == len(data) else memoryview(data)[:cut]
+            self._emit(out, b"".join((self._partial, whole)) if self._partial else bytes(whole))
+            self._partial = data[cut:]
         else:
-            self._partial = buffer
+            self._partial = self._partial + data if self._partial else data
         # Content plus a possible "\r" still within the limit: keep waiting for its end.
         if len(self._partial) > self.max_event_bytes + 1:
             out.append(EventTooLarge(self.next_line, self.max_event_bytes))

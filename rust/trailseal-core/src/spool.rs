@@ -28,7 +28,9 @@ use crate::dedup::Dedup;
 use crate::error::{CoreError, Result};
 use crate::event::{self, EventContext, EventMeta, Receipt, Reject};
 use crate::lines;
-use crate::segment::{self, fsync_dir, write_atomic, Batch, Recovered, Segment, SegmentMeta};
+use crate::segment::{
+    self, fsync_dir, write_atomic, Batch, Recovered, Segment, SegmentMeta, SEPARATOR,
+};
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -747,6 +749,13 @@ impl Spool {
         // 2. in input order: dedup, routing, the chain, appending to each stream's batch.
         let mut streams: Vec<StreamBatch> = Vec::new();
         let mut targets = Vec::with_capacity(self.trails.len());
+        // Room for every event of the batch in any one stream: no regrowth (and copying) of the
+        // stream buffers; pages never written are never touched.
+        let room = staged
+            .iter()
+            .map(|s| s.buf.len() + SEPARATOR.len() * s.outcomes.len())
+            .sum::<usize>()
+            + segment::HEADER.len();
         for Staged { buf, outcomes } in staged {
             let mut event_start = 0usize;
             for outcome in outcomes {
@@ -787,10 +796,11 @@ impl Spool {
                         None => {
                             let trail = &self.trails[ti];
                             let key = (meta.account.clone(), meta.region.clone());
-                            let batch = match trail.open.get(&key) {
+                            let mut batch = match trail.open.get(&key) {
                                 Some(seg) => Batch::new(seg.chain_end, false),
                                 None => Batch::new(trail.chain_head(&key), true),
                             };
+                            batch.content.reserve(room);
                             streams.push(StreamBatch {
                                 trail: ti,
                                 account: key.0,
