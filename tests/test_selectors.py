@@ -219,3 +219,19 @@ def test_config_refuses_what_cloudtrail_refuses(
     assert str(tmp_path / "trailseal.toml") in message
     assert f"[trails.audit] {key}:" in message
     assert reason in message
+
+
+EXAMPLE = Path(__file__).parent.parent / "packaging" / "trailseal.example.toml"
+
+
+@pytest.mark.parametrize("key", ["event_selectors", "advanced_event_selectors"])
+def test_example_config_selectors_load(tmp_path: Path, key: str) -> None:
+    """The commented selector examples of the shipped config load once uncommented."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith(f"# {key} = [")))
+    end = lines.index("# ]", start) + 1
+    block = [line[2:] for line in lines[start:end]]
+    path = tmp_path / "example.toml"
+    path.write_text("\n".join(lines[:start] + block) + "\n")
+    selectors = json.loads(config.load(path).trails["default"].selectors_json)
+    assert list(selectors) == [key]
