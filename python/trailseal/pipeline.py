@@ -241,11 +241,12 @@ async def process_batch(
             core.sync()
             return res, core.open_segments()
 
-        result, segments = await runner.call(work)
+        done, segments = await runner.call(work)
+        result = done
         stats.batches += 1
-        stats.accepted += result.accepted
-        stats.duplicates += result.duplicates
-        stats.rejected += result.rejected
+        stats.accepted += done.accepted
+        stats.duplicates += done.duplicates
+        stats.rejected += done.rejected
 
     # Errors of each part, in input order.
     part_errors: dict[int, list[tuple[int, str, str]]] = {}
