@@ -477,17 +477,18 @@ impl Segment {
         Ok(())
     }
 
-    /// Feed content about to be appended into the running SHA-256 (see [`Segment::append_hashed`]).
-    pub fn hash_content(&mut self, content: &[u8]) {
-        self.hasher.update(content);
+    /// The running SHA-256 of the content so far (to be continued over a batch's content and
+    /// handed back to [`Segment::append_hashed`]).
+    pub fn hasher(&self) -> Sha256 {
+        self.hasher.clone()
     }
 
-    /// [`Segment::append`] for a batch whose content was already fed to [`Segment::hash_content`]
-    /// (so hashing can run beside compression). `frames` are the batch's compressed frames in
-    /// order, written with one `write`. On an error the running hash is ahead of the file: the
-    /// spool stops after any append error, and recovery at the next open recomputes it.
-    pub fn append_hashed(&mut self, frames: &[u8], batch: Batch) -> Result<()> {
+    /// [`Segment::append`] for a batch whose content the caller already hashed: `hasher` is
+    /// [`Segment::hasher`] continued over `batch.content` (so hashing can run while the batch is
+    /// built). `frames` are the batch's compressed frames in order, written with one `write`.
+    pub fn append_hashed(&mut self, frames: &[u8], batch: Batch, hasher: Sha256) -> Result<()> {
         self.write_frame(frames)?;
+        self.hasher = hasher;
         self.uncompressed_bytes += batch.content.len() as u64;
         self.event_count += batch.count;
         self.oldest = self.oldest.min(batch.oldest);

@@ -22,15 +22,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 use crate::chain::{self, ChainValue};
 use crate::dedup::Dedup;
 use crate::error::{CoreError, Result};
 use crate::event::{self, EventContext, EventMeta, Receipt, Reject};
 use crate::lines;
-use crate::segment::{
-    self, fsync_dir, write_atomic, Batch, Recovered, Segment, SegmentMeta, SEPARATOR,
-};
+use crate::segment::{self, fsync_dir, write_atomic, Batch, Recovered, Segment, SegmentMeta};
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -573,12 +572,15 @@ struct Staged {
     outcomes: Vec<Outcome>,
 }
 
-/// One stream's share of a batch.
+/// One stream's share of a batch, and its log file's running SHA-256 after it.
 struct StreamBatch {
     trail: usize,
     account: String,
     region: String,
     batch: Batch,
+    hasher: Sha256,
+    /// Bytes of `batch.content` already fed to `hasher`.
+    hashed: usize,
 }
 
 /// Batches with fewer lines than this are staged on the calling thread.
@@ -613,17 +615,122 @@ fn stage_slice(lines: &[Line<'_>], contexts: &[EventContext<'_>]) -> Staged {
     out
 }
 
-/// The per-event stage over all lines, in order: rayon over contiguous slices.
-fn stage_all(lines: &[Line<'_>], contexts: &[EventContext<'_>]) -> Vec<Staged> {
+/// The per-event stage over all lines: rayon over contiguous slices (on the global pool, driven
+/// from a helper thread), each slice handed to `consume` on the calling thread in input order as
+/// soon as it and every slice before it are done, so the sequential work overlaps the parallel
+/// one. With one thread, or a small batch, everything runs on the calling thread.
+fn stage_in_order(
+    lines: &[Line<'_>],
+    contexts: &[EventContext<'_>],
+    mut consume: impl FnMut(Staged),
+) {
     let threads = rayon::current_num_threads().max(1);
     if lines.len() < MIN_PARALLEL_LINES || threads == 1 {
-        return vec![stage_slice(lines, contexts)];
+        consume(stage_slice(lines, contexts));
+        return;
     }
     let per_slice = lines.len().div_ceil(threads * SLICES_PER_THREAD).max(16);
-    lines
-        .par_chunks(per_slice)
-        .map(|slice| stage_slice(slice, contexts))
-        .collect()
+    let slices = lines.len().div_ceil(per_slice);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Staged)>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            lines
+                .par_chunks(per_slice)
+                .enumerate()
+                .for_each_with(tx, |tx, (i, slice)| {
+                    // the receiver lives until every sender is gone
+                    let _ = tx.send((i, stage_slice(slice, contexts)));
+                });
+        });
+        let mut pending: Vec<Option<Staged>> = (0..slices).map(|_| None).collect();
+        let mut next = 0usize;
+        for (i, staged) in rx {
+            pending[i] = Some(staged);
+            while let Some(ready) = pending.get_mut(next).and_then(Option::take) {
+                consume(ready);
+                next += 1;
+            }
+        }
+    });
+}
+
+/// The sequential part of `process`, fed the staged slices in input order.
+struct Sequencer<'a> {
+    dedup: &'a mut Dedup,
+    trails: &'a [Trail],
+    streams: Vec<StreamBatch>,
+    targets: Vec<usize>,
+    room: usize,
+    res: &'a mut BatchResult,
+}
+
+impl Sequencer<'_> {
+    fn take(&mut self, staged: Staged) {
+        let Staged { buf, outcomes } = staged;
+        let res = &mut *self.res;
+        let mut event_start = 0usize;
+        for outcome in outcomes {
+            let (end, hash, meta) = match outcome {
+                Outcome::Rejected {
+                    part,
+                    lineno,
+                    reject,
+                } => {
+                    res.rejected += 1;
+                    res.errors
+                        .push((part, lineno, reject.code.as_str(), reject.message));
+                    continue;
+                }
+                Outcome::Event { end, hash, meta } => (end, hash, meta),
+            };
+            let canonical = &buf[event_start..end];
+            event_start = end;
+            if !self.dedup.insert(&meta.event_id) {
+                res.duplicates += 1;
+                continue;
+            }
+            res.accepted += 1;
+            route(self.trails.len(), &meta, &mut self.targets);
+            let mut id = Some(meta.event_id);
+            for (k, &ti) in self.targets.iter().enumerate() {
+                // the last trail takes the eventID itself, the others a copy
+                let id = if k + 1 == self.targets.len() {
+                    id.take().unwrap_or_default()
+                } else {
+                    id.clone().unwrap_or_default()
+                };
+                let found = self.streams.iter().position(|s| {
+                    s.trail == ti && s.account == meta.account && s.region == meta.region
+                });
+                let si = match found {
+                    Some(si) => si,
+                    None => {
+                        let trail = &self.trails[ti];
+                        let key = (meta.account.clone(), meta.region.clone());
+                        let (mut batch, hasher) = match trail.open.get(&key) {
+                            Some(seg) => (Batch::new(seg.chain_end, false), seg.hasher()),
+                            None => (Batch::new(trail.chain_head(&key), true), Sha256::new()),
+                        };
+                        batch.content.reserve(self.room);
+                        self.streams.push(StreamBatch {
+                            trail: ti,
+                            account: key.0,
+                            region: key.1,
+                            batch,
+                            hasher,
+                            hashed: 0,
+                        });
+                        self.streams.len() - 1
+                    }
+                };
+                let stream = &mut self.streams[si];
+                stream.batch.push(canonical, &hash, id, meta.event_time);
+                // the log file's running hash, over exactly the bytes just appended
+                stream.hasher.update(&stream.batch.content[stream.hashed..]);
+                stream.hashed = stream.batch.content.len();
+            }
+        }
+    }
 }
 
 impl Spool {
@@ -742,82 +849,25 @@ impl Spool {
         }
 
         // 1. parse, validate, fill defaults, canonicalize and hash every event: in parallel over
-        // contiguous slices of the lines, each with its own output buffer.
-        let staged = stage_all(&lines, &contexts);
+        // contiguous slices of the lines, each with its own output buffer; meanwhile, on this
+        // thread and in input order, as slices complete:
+        // 2. dedup, routing, the chain, appending to each stream's batch and its content hash.
+        // Room for every event of the batch in any one stream (canonical events grow by their
+        // defaults and receipt): the stream buffers rarely regrow; untouched pages cost nothing.
+        let room = data.len() + lines.len() * 640 + segment::HEADER.len();
+        let mut seq = Sequencer {
+            dedup: &mut self.dedup,
+            trails: &self.trails,
+            streams: Vec::new(),
+            targets: Vec::new(),
+            room,
+            res: &mut res,
+        };
+        stage_in_order(&lines, &contexts, |staged| seq.take(staged));
+        let streams = seq.streams;
         drop(contexts);
 
-        // 2. in input order: dedup, routing, the chain, appending to each stream's batch.
-        let mut streams: Vec<StreamBatch> = Vec::new();
-        let mut targets = Vec::with_capacity(self.trails.len());
-        // Room for every event of the batch in any one stream: no regrowth (and copying) of the
-        // stream buffers; pages never written are never touched.
-        let room = staged
-            .iter()
-            .map(|s| s.buf.len() + SEPARATOR.len() * s.outcomes.len())
-            .sum::<usize>()
-            + segment::HEADER.len();
-        for Staged { buf, outcomes } in staged {
-            let mut event_start = 0usize;
-            for outcome in outcomes {
-                let (end, hash, meta) = match outcome {
-                    Outcome::Rejected {
-                        part,
-                        lineno,
-                        reject,
-                    } => {
-                        res.rejected += 1;
-                        res.errors
-                            .push((part, lineno, reject.code.as_str(), reject.message));
-                        continue;
-                    }
-                    Outcome::Event { end, hash, meta } => (end, hash, meta),
-                };
-                let canonical = &buf[event_start..end];
-                event_start = end;
-                if !self.dedup.insert(&meta.event_id) {
-                    res.duplicates += 1;
-                    continue;
-                }
-                res.accepted += 1;
-                route(self.trails.len(), &meta, &mut targets);
-                let mut id = Some(meta.event_id);
-                for (k, &ti) in targets.iter().enumerate() {
-                    // the last trail takes the eventID itself, the others a copy
-                    let id = if k + 1 == targets.len() {
-                        id.take().unwrap_or_default()
-                    } else {
-                        id.clone().unwrap_or_default()
-                    };
-                    let found = streams.iter().position(|s| {
-                        s.trail == ti && s.account == meta.account && s.region == meta.region
-                    });
-                    let si = match found {
-                        Some(si) => si,
-                        None => {
-                            let trail = &self.trails[ti];
-                            let key = (meta.account.clone(), meta.region.clone());
-                            let mut batch = match trail.open.get(&key) {
-                                Some(seg) => Batch::new(seg.chain_end, false),
-                                None => Batch::new(trail.chain_head(&key), true),
-                            };
-                            batch.content.reserve(room);
-                            streams.push(StreamBatch {
-                                trail: ti,
-                                account: key.0,
-                                region: key.1,
-                                batch,
-                            });
-                            streams.len() - 1
-                        }
-                    };
-                    streams[si]
-                        .batch
-                        .push(canonical, &hash, id, meta.event_time);
-                }
-            }
-        }
-
-        // 3. compress every stream's frames and hash its content, in parallel; then write.
+        // 3. compress every stream's frames in parallel; then write.
         let r = self.append_all(streams);
         let (u, c) = self.fail(r)?;
         res.uncompressed_bytes += u;
@@ -827,7 +877,7 @@ impl Spool {
 
     /// Append each stream's batch (its frames cut between events), creating segments as needed
     /// (in the order the streams were first touched, which is the order their seqs are taken).
-    /// Compression of every frame and each segment's running SHA-256 run in parallel.
+    /// Every frame is compressed in parallel (the content hashes were taken while sequencing).
     fn append_all(&mut self, streams: Vec<StreamBatch>) -> Result<(u64, u64)> {
         if streams.is_empty() {
             return Ok((0, 0));
@@ -864,35 +914,11 @@ impl Spool {
                     .map(move |p| (si, p))
             })
             .collect();
-        // Each stream's segment, for hashing beside the compression.
-        let mut segs: Vec<Option<&mut Segment>> = streams.iter().map(|_| None).collect();
-        for (ti, trail) in self.trails.iter_mut().enumerate() {
-            for (key, seg) in trail.open.iter_mut() {
-                if let Some(si) = streams
-                    .iter()
-                    .position(|s| s.trail == ti && s.account == key.0 && s.region == key.1)
-                {
-                    segs[si] = Some(seg);
-                }
-            }
-        }
         let level = self.cfg.zstd_level;
-        let (frames, ()) = rayon::join(
-            || {
-                pieces
-                    .par_iter()
-                    .map(|(si, piece)| segment::compress_frame_here(level, piece).map(|f| (*si, f)))
-                    .collect::<Result<Vec<_>>>()
-            },
-            || {
-                for (seg, s) in segs.iter_mut().zip(&streams) {
-                    if let Some(seg) = seg {
-                        seg.hash_content(&s.batch.content);
-                    }
-                }
-            },
-        );
-        drop(segs);
+        let frames = pieces
+            .par_iter()
+            .map(|(si, piece)| segment::compress_frame_here(level, piece).map(|f| (*si, f)))
+            .collect::<Result<Vec<_>>>();
         let frames = frames?;
         let mut per_stream: Vec<Vec<u8>> = streams.iter().map(|_| Vec::new()).collect();
         for (si, f) in frames {
@@ -912,7 +938,7 @@ impl Spool {
                 .ok_or_else(|| CoreError::Invalid("internal: open segment vanished".into()))?;
             uncompressed += s.batch.content.len() as u64;
             compressed += frames.len() as u64;
-            seg.append_hashed(&frames, s.batch)?;
+            seg.append_hashed(&frames, s.batch, s.hasher)?;
         }
         Ok((uncompressed, compressed))
     }
@@ -1063,5 +1089,130 @@ impl Spool {
             }
         }
         fsync_dir(&t.sealed_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{self, Compression};
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        TempDir(std::env::temp_dir().join(format!(
+            "trailseal-spool-{tag}-{}-{nanos}",
+            std::process::id()
+        )))
+    }
+
+    const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
+
+    /// 1,200 lines over three streams: large events (so a stream's batch is cut into several
+    /// frames), every 37th line invalid, every 50th blank, eventIDs repeating after 900 lines.
+    fn lines() -> Vec<Vec<u8>> {
+        (0..1200usize)
+            .map(|i| {
+                if i % 50 == 49 {
+                    b" \t\r".to_vec()
+                } else if i % 37 == 36 {
+                    format!("{{\"eventName\":\"Bad{i}\"").into_bytes()
+                } else {
+                    format!(
+                        "{{\"eventName\":\"GetObject\",\"eventSource\":\"s3.amazonaws.com\",\
+                         \"eventTime\":\"2026-01-01T00:{:02}:00Z\",\"eventID\":\"id-{}\",\
+                         \"awsRegion\":\"{}\",\"requestParameters\":{{\"n\":{i},\"pad\":\"{}\"}}}}",
+                        i % 60,
+                        i % 900,
+                        REGIONS[i % 3],
+                        "x".repeat(5000 + i)
+                    )
+                    .into_bytes()
+                }
+            })
+            .collect()
+    }
+
+    /// Totals, the (code, message) of every error in order, and per region the sealed file's
+    /// sha256, chain end and event count (after checking it with `verify_log`).
+    type Outcome = (
+        (u64, u64, u64),
+        Vec<(String, String)>,
+        Vec<(String, String, u64)>,
+    );
+
+    fn run(tag: &str, batch_lines: usize) -> Outcome {
+        let dir = temp(tag);
+        let mut spool = Spool::open(SpoolConfig::new(
+            &dir.0,
+            vec!["main".into()],
+            "111122223333",
+            "us-east-1",
+        ))
+        .expect("open");
+        let (mut totals, mut errors) = ((0, 0, 0), Vec::new());
+        for chunk in lines().chunks(batch_lines) {
+            // two parts per batch, from the same peer at the same time
+            let mut data = Vec::new();
+            let mut parts = Vec::new();
+            for half in chunk.chunks(chunk.len().div_ceil(2)) {
+                for line in half {
+                    data.extend_from_slice(line);
+                    data.push(b'\n');
+                }
+                parts.push(Part {
+                    end: data.len(),
+                    peer: "unix:uid=1,pid=2".into(),
+                    agent: None,
+                    received_at_ms: 1_767_225_600_000,
+                });
+            }
+            let r = spool.process(&data, &parts).expect("process");
+            totals.0 += r.accepted;
+            totals.1 += r.duplicates;
+            totals.2 += r.rejected;
+            errors.extend(r.errors.into_iter().map(|e| (e.2.to_owned(), e.3)));
+            spool.sync().expect("sync");
+        }
+        let mut sealed = Vec::new();
+        for region in REGIONS {
+            let f = spool
+                .seal("main", "111122223333", region, "key")
+                .expect("seal")
+                .expect("a segment");
+            let data = std::fs::read(&f.path).expect("read sealed file");
+            let report = verify::verify_log(&data, Compression::Zstd, &chain::ZERO);
+            assert_eq!(report.problems, Vec::<String>::new(), "{region}");
+            assert_eq!(report.sha256, f.sha256, "{region}");
+            assert_eq!(report.chain_end, f.chain_end, "{region}");
+            assert_eq!(report.event_count, f.event_count, "{region}");
+            sealed.push((f.sha256, f.chain_end, f.event_count));
+        }
+        (totals, errors, sealed)
+    }
+
+    #[test]
+    fn parallel_batches_match_sequential_ones() {
+        // one batch of 1,200 lines (parallel stage, several frames per stream) against batches
+        // of 20 lines (below MIN_PARALLEL_LINES: staged on the calling thread, one frame each)
+        let big = run("big", 1200);
+        let small = run("small", 20);
+        assert_eq!(big, small);
+        let ((accepted, duplicates, rejected), errors, sealed) = big;
+        assert_eq!(rejected, 32);
+        assert_eq!(errors.len(), 32);
+        assert!(errors.iter().all(|(code, _)| code == "InvalidJson"));
+        assert_eq!(accepted + duplicates + rejected, 1200 - 24);
+        assert!(duplicates > 0);
+        assert_eq!(sealed.iter().map(|s| s.2).sum::<u64>(), accepted);
     }
 }
