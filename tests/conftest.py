@@ -16,7 +16,7 @@ dir's ``data``, account ``123456789012``, region ``test-1``; ``[ingest] unix_soc
 ``/tmp/ts-*`` dir (sun_path holds only 108 bytes), ``tcp_listen`` on a free 127.0.0.1 port;
 ``[api] listen = ""``; one trail ``default`` delivering to ``file://<tmp>/bucket`` with
 ``digest_interval_secs = 3600`` (so digests appear only at shutdown). Keyword arguments merge
-into those sections: ``daemon_section={...}``, ``ingest={...}``, ``trail={...}``;
+into those sections: ``daemon_section={...}``, ``ingest={...}``, ``trail={...}``, ``api={...}``;
 ``tokens={name: token}`` adds ``[ingest.tokens]``; ``data_dir=`` reuses a data dir (restart
 after a crash: ``d2 = daemon(data_dir=d.data_dir)``); ``wait=False`` returns without waiting
 for the socket. Starting waits (with a deadline) until the socket accepts, failing with the
@@ -173,6 +173,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         ingest: dict[str, Any] | None = None,
         trail: dict[str, Any] | None = None,
         tokens: dict[str, str] | None = None,
+        api: dict[str, Any] | None = None,
         data_dir: Path | None = None,
         wait: bool = True,
         env: dict[str, str] | None = None,
@@ -206,7 +207,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
             _toml_section("daemon", daemon_values)
             + _toml_section("ingest", ingest_values)
             + (_toml_section("ingest.tokens", dict(tokens)) if tokens else "")
-            + _toml_section("api", {"listen": ""})
+            + _toml_section("api", {"listen": "", **(api or {})})
             + _toml_section("trails.default", trail_values)
         )
         config_path = work / "trailseal.toml"

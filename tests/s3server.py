@@ -5,7 +5,8 @@
 ``ACCESS_KEY`` / secret ``SECRET_KEY``), starts ``weed mini`` with every port chosen free (gRPC
 ports too; WebDAV, Iceberg and Lance off; buckets are never created implicitly), and waits,
 with a deadline, until an authenticated put and get round-trip. ``stop()`` kills it and waits.
-``pause()``/``resume()`` SIGSTOP/SIGCONT it (outage tests). ``client()`` is a boto3 client for
+``pause()``/``resume()`` SIGSTOP/SIGCONT it, ``kill()`` SIGKILLs it and ``restart()`` starts
+a new one on the same data dir and ports (outage tests). ``client()`` is a boto3 client for
 it (path-style, ``us-east-1``), ``new_bucket()`` makes a fresh bucket, ``env()`` the variables
 that point the AWS SDK chain (of this process or of a daemon subprocess) at it.
 """
@@ -104,7 +105,7 @@ class S3Server:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
     @classmethod
-    def start(cls, work_dir: Path) -> S3Server:
+    def start(cls, work_dir: Path, ports: dict[str, int] | None = None) -> S3Server:
         work_dir.mkdir(parents=True, exist_ok=True)
         identities = {
             "identities": [
@@ -117,7 +118,8 @@ class S3Server:
         }
         config_path = work_dir / "s3-identities.json"
         config_path.write_text(json.dumps(identities))
-        ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        if ports is None:
+            ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
         args = [
             weed_binary(),
             "mini",
@@ -212,6 +214,15 @@ class S3Server:
 
     def resume(self) -> None:
         os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL (an outage: what it had not written is lost), keeping the data dir."""
+        self.stop()
+
+    def restart(self) -> S3Server:
+        """A new ``weed mini`` on the same data dir and ports (after :meth:`kill`)."""
+        self.stop()
+        return S3Server.start(self.work_dir, ports=self.ports)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
