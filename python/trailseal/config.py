@@ -81,6 +81,8 @@ class TrailConfig:
     object_lock_mode: str = ""
     object_lock_days: int = 0
     retention_days: int = 0
+    notify_url: str = ""
+    """http(s) URL that gets CloudTrail's SNS-style message after log files are delivered."""
     selectors_json: str = "{}"
     """The trail's event selectors as the JSON object ``_core`` takes:
     ``{"event_selectors": [...]}``, ``{"advanced_event_selectors": [...]}`` or ``"{}"`` (no
@@ -476,8 +478,22 @@ def _load_trail(s: _Section, name: str, daemon: DaemonConfig) -> TrailConfig:
             "object_lock_mode and object_lock_days go together: set both (e.g. "
             '"COMPLIANCE" and 365) or neither',
         )
-    if s._get("notify_url") not in (None, ""):
-        raise s.error("notify_url", f"{_NOT_YET}; remove the key")
+    if values["retention_days"] and values["object_lock_mode"]:
+        raise s.error(
+            "retention_days",
+            "cannot be combined with object_lock_mode: Object Lock needs a versioned bucket, "
+            "where a lifecycle expiration only adds a delete marker and every locked version "
+            "stays (and a locked version cannot be deleted before its retention ends); set "
+            "object_lock_days to how long to keep objects and leave retention_days = 0, or drop "
+            "Object Lock",
+        )
+    values["notify_url"] = s.string("notify_url", "")
+    if values["notify_url"]:
+        from trailseal.delivery.notify import check_url
+
+        problem = check_url(values["notify_url"])
+        if problem:
+            raise s.error("notify_url", f'{problem}; use e.g. "http://127.0.0.1:8080/trail"')
     values["selectors_json"] = _load_selectors(s)
     s.check_unknown()
     return TrailConfig(name=name, destination=destination, **values)

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import trio
 
-from trailseal import _core
+from trailseal import _core, metrics
 from trailseal.config import Config
 from trailseal.delivery import layout
 from trailseal.ingest.framing import Chunk, EventTooLarge
@@ -247,12 +247,18 @@ async def process_batch(
         stats.accepted += done.accepted
         stats.duplicates += done.duplicates
         stats.rejected += done.rejected
+        metrics.BATCHES.inc()
+        metrics.FSYNCS.inc()
+        metrics.INPUT_BYTES.inc(len(data))
+        metrics.EVENTS_ACCEPTED.inc(done.accepted)
+        metrics.EVENTS_DUPLICATE.inc(done.duplicates)
 
     # Errors of each part, in input order.
     part_errors: dict[int, list[tuple[int, str, str]]] = {}
     if result is not None:
         for part, rel, code, message in result.errors:
             part_errors.setdefault(part, []).append((rel, code, message))
+            metrics.EVENTS_REJECTED.labels(code=code).inc()  # per rejected line, not per event
         if result.lines != [sub.item.lines for sub in chunks if isinstance(sub.item, Chunk)]:
             stats.line_count_mismatches += 1
             log.warning("the core counted lines differently from the framer: acks may be off")
@@ -272,6 +278,7 @@ async def process_batch(
             part += 1
         else:
             stats.rejected += 1
+            metrics.EVENTS_REJECTED.labels(code=item.code).inc()
             replies.append(error_reply(item.line, item.code, item.message))
             upto = item.line
         settled[id(conn)] = (conn, max(entry[1], upto), replies)
@@ -324,13 +331,21 @@ class Sealer:
     async def measure_spool(self) -> None:
         core = self.runner.core
 
-        def usage() -> int:
-            total = sum(seg.uncompressed_bytes for seg in core.open_segments())
+        def usage() -> tuple[int, int, dict[str, tuple[int, int]]]:
+            segments = core.open_segments()
+            total = sum(seg.uncompressed_bytes for seg in segments)
+            backlog: dict[str, tuple[int, int]] = {}
             for trail in self.config.trails:
-                total += sum(f.compressed_bytes for f in core.sealed_files(trail))
-            return total
+                files = core.sealed_files(trail)
+                size = sum(f.compressed_bytes for f in files)
+                backlog[trail] = (len(files), size)
+                total += size
+            return total, len(segments), backlog
 
-        self.spool_bytes = await self.runner.call(usage)
+        self.spool_bytes, open_count, backlog = await self.runner.call(usage)
+        metrics.OPEN_SEGMENTS.set(open_count)
+        for trail, (files, size) in backlog.items():
+            metrics.set_backlog(trail, files, size)
         cap = self.config.ingest.spool_max_bytes
         full = cap > 0 and self.spool_bytes >= cap and not self.draining
         if full and self._room.is_set():
@@ -392,6 +407,7 @@ class Sealer:
                 if result is None:
                     continue
                 self.stats.sealed_files += 1
+                metrics.LOG_FILES_SEALED.labels(trail=result.trail).inc()
                 log.debug("sealed %s (%d events) as %s", result.path, result.event_count, key)
                 sealed.append(result)
                 if self.uploads is not None:

@@ -48,6 +48,7 @@ from typing import Any
 
 import trio
 
+from trailseal import metrics
 from trailseal.config import Config, TrailConfig
 from trailseal.delivery import gzip_member, layout
 from trailseal.delivery.destination import Destination
@@ -202,10 +203,13 @@ class DigestWriter:
         metadata = {"signature": pending["signature"], "signature-algorithm": SIGNATURE_ALGORITHM}
         key = pending["key"]
         await self._ensure_public_key(pending["fingerprint"])
+        trail = self.trail.name
         await retry_forever(
             f"delivering digest {key} to {self.destination.url}",
             lambda: self.destination.put_bytes(key, data, metadata),
+            lambda e: metrics.delivery_failed(trail, f"delivering digest {key}: {e}"),
         )
+        metrics.digest_delivered(trail)
         await retry_forever(
             f"recording digest {key} in {self.state.digests_path}",
             lambda: self._commit(pending),

@@ -26,9 +26,10 @@ from typing import Any, TypeVar
 
 import trio
 
-from trailseal import _core
+from trailseal import _core, metrics
 from trailseal.config import TrailConfig
 from trailseal.delivery.destination import Destination
+from trailseal.delivery.notify import Notifier
 from trailseal.durable import fsync_dir
 from trailseal.errors import TrailsealError
 
@@ -141,8 +142,11 @@ def log_file_entry(sealed: _core.SealedFile, bucket: str) -> dict[str, Any]:
     }
 
 
-async def retry_forever(what: str, fn: Callable[[], T]) -> T:
-    """Run blocking ``fn`` in a thread until it succeeds, backing off exponentially (capped)."""
+async def retry_forever(
+    what: str, fn: Callable[[], T], on_error: Callable[[Exception], None] | None = None
+) -> T:
+    """Run blocking ``fn`` in a thread until it succeeds, backing off exponentially (capped).
+    ``on_error`` (metrics, health) is called with each failure."""
     delay = BACKOFF_FIRST_SECS
     failures = 0
     while True:
@@ -150,6 +154,8 @@ async def retry_forever(what: str, fn: Callable[[], T]) -> T:
             return await trio.to_thread.run_sync(fn)
         except (TrailsealError, OSError, _core_error()) as e:
             failures += 1
+            if on_error is not None:
+                on_error(e)
             level = logging.ERROR if failures >= FAILURES_BEFORE_ERROR else logging.WARNING
             log.log(
                 level,
@@ -169,14 +175,24 @@ def _core_error() -> type[Exception]:
 
 
 async def deliver_one(
-    core: _core.Core, destination: Destination, state: DeliveryState, sealed: _core.SealedFile
+    core: _core.Core,
+    destination: Destination,
+    state: DeliveryState,
+    sealed: _core.SealedFile,
+    notifier: Notifier | None = None,
 ) -> None:
-    """Deliver one sealed file, record it, and remove it from the spool."""
+    """Deliver one sealed file, record it, and remove it from the spool (then count it and
+    queue its notification, which never blocks)."""
     key = sealed.object_key
+    trail = sealed.trail
     await retry_forever(
         f"delivering {sealed.path} to {destination.url} as {key}",
         lambda: destination.put_file(key, Path(sealed.path)),
+        lambda e: metrics.delivery_failed(trail, f"delivering {key} to {destination.url}: {e}"),
     )
+    metrics.delivered(trail, sealed.compressed_bytes)
+    if notifier is not None:
+        notifier.add(key)
     entry = log_file_entry(sealed, destination.bucket)
     await retry_forever(
         f"recording delivered file {key} in {state.delivered_path}",
@@ -196,20 +212,22 @@ async def run(
     destination: Destination,
     state_dir: Path,
     sealed: trio.MemoryReceiveChannel[_core.SealedFile],
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Deliver the spool's leftovers, then every sealed file received, until ``sealed`` closes."""
+    """Deliver the spool's leftovers, then every sealed file received, until ``sealed`` closes.
+    ``notifier``: the trail's delivery notifications (``notify_url``), if any."""
     state = DeliveryState(state_dir)
     await trio.to_thread.run_sync(state.ensure_dir)
     leftovers = await trio.to_thread.run_sync(core.sealed_files, trail.name)
     task_status.started()
     done: set[int] = set()
     for item in sorted(leftovers, key=lambda s: s.seq):
-        await deliver_one(core, destination, state, item)
+        await deliver_one(core, destination, state, item, notifier)
         done.add(item.seq)
     async with sealed:
         async for item in sealed:
             if item.seq in done:
                 continue  # already delivered as a leftover
-            await deliver_one(core, destination, state, item)
+            await deliver_one(core, destination, state, item, notifier)
             done.add(item.seq)
