@@ -125,8 +125,11 @@ class Core:
         skipped and not counted). ``parts`` splits it by source: (end offset in ``data``, peer,
         agent or None, receivedAt in epoch milliseconds); the parts cover ``data`` in order.
         Per line: parse, validate, fill defaults, add receipt, dedup, canonicalize, route to every
-        trail, chain, and append one zstd frame per touched stream to its open segment (written,
-        not yet fsync'd). Releases the GIL."""
+        trail, chain, and append the batch's zstd frames (one per touched stream, or several cut
+        between events when it is large) to each stream's open segment (written, not yet
+        fsync'd). The per-event work and the compression run on every core (a rayon pool sized by
+        the process's CPU affinity); results and errors come back in input order. Releases the
+        GIL."""
 
     def sync(self) -> None:
         """fsync every segment (and directory) written since the last sync. After it returns, every
