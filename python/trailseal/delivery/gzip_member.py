@@ -1,15 +1,19 @@
-"""trailseal's one canonical gzip encoding (digest files now, gzip log files later).
+"""trailseal's one canonical gzip encoding of digest files.
 
-Hashes and signatures cover the *uncompressed* bytes, so the gzip wrapper must leave no byte
-free to change unnoticed. trailseal writes exactly one member::
+Hashes and signatures cover the *uncompressed* bytes, so the gzip wrapper must leave no bit free
+to change unnoticed. A compressed deflate stream cannot promise that: some bits of its Huffman
+headers can flip and still decode to the same bytes. Digests are small, so trailseal writes them
+as one gzip member of *stored* deflate blocks, which has exactly one encoding per content::
 
     1f 8b 08 00  00 00 00 00  00  ff     ID1 ID2 CM=deflate FLG=0, MTIME=0, XFL=0, OS=255
-    <raw deflate stream, zlib level 6; the padding bits after its final block are zero>
-    <CRC-32 of the content, little-endian> <content length mod 2^32, little-endian>
+    for each 65,535-byte piece of the content (one empty block for empty content):
+        01 or 00                        BFINAL on the last block, BTYPE=00 (stored), zero padding
+        LEN (2 bytes LE)  NLEN (2 bytes LE, ~LEN)  <LEN bytes of content>
+    <CRC-32 of the content, LE> <content length mod 2^32, LE>
 
-and :func:`decompress` accepts nothing else (another header, a nonzero padding bit, a bad
-CRC/ISIZE, a second member or any trailing byte), raising :class:`NotCanonicalGzipError`.
-The Rust ``verify_log`` applies the same rules to gzip log files.
+Every reader (the AWS CLI, gzip, zlib) reads it as ordinary gzip. :func:`decompress` accepts
+exactly the bytes :func:`compress` writes for the content it finds and nothing else, raising
+:class:`NotCanonicalGzipError`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import zlib
 from trailseal.errors import IntegrityError
 
 HEADER = bytes.fromhex("1f8b08000000000000ff")
-LEVEL = 6
+BLOCK = 0xFFFF
+"""The largest stored deflate block."""
 
 
 class NotCanonicalGzipError(IntegrityError):
@@ -29,22 +34,16 @@ class NotCanonicalGzipError(IntegrityError):
 
 def compress(data: bytes) -> bytes:
     """One canonical gzip member holding ``data``."""
-    deflate = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    body = deflate.compress(data) + deflate.flush()
-    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
-    return HEADER + body + trailer
-
-
-def _inflate(body: bytes) -> tuple[bytes, int] | None:
-    """(content, bytes of ``body`` the deflate stream takes), or None when it does not decode."""
-    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        content = inflate.decompress(body)
-    except zlib.error:
-        return None
-    if not inflate.eof:
-        return None
-    return content, len(body) - len(inflate.unused_data)
+    out = bytearray(HEADER)
+    starts = range(0, len(data), BLOCK) if data else [0]
+    last = starts[-1]
+    for start in starts:
+        piece = data[start : start + BLOCK]
+        out.append(1 if start == last else 0)
+        out += struct.pack("<HH", len(piece), len(piece) ^ 0xFFFF)
+        out += piece
+    out += struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return bytes(out)
 
 
 def decompress(data: bytes) -> bytes:
@@ -54,34 +53,21 @@ def decompress(data: bytes) -> bytes:
             f"gzip header (bytes 0-9) is {data[:10].hex(' ')}, not {HEADER.hex(' ')} "
             "(no flags, MTIME 0, XFL 0, OS 255)"
         )
-    body = data[len(HEADER) :]
-    inflated = _inflate(body)
-    if inflated is None:
-        raise NotCanonicalGzipError("the deflate data is corrupt or ends before its final block")
-    content, used = inflated
-    end = len(HEADER) + used
-    trailer = body[used:]
-    if len(trailer) != 8:
-        raise NotCanonicalGzipError(
-            f"the deflate data ends at byte offset {end}, followed by {len(trailer)} bytes "
-            "instead of exactly the 8-byte CRC-32 and size"
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        content = inflate.decompress(data[len(HEADER) :])
+    except zlib.error as e:
+        raise NotCanonicalGzipError(f"the deflate data is corrupt: {e}") from None
+    if not inflate.eof:
+        raise NotCanonicalGzipError("the deflate data ends before its final block")
+    expected = compress(content)
+    if data != expected:
+        offset = next(
+            (i for i, (a, b) in enumerate(zip(data, expected, strict=False)) if a != b),
+            min(len(data), len(expected)),
         )
-    crc, size = struct.unpack("<II", trailer)
-    if crc != zlib.crc32(content):
-        raise NotCanonicalGzipError(f"CRC-32 at byte offset {end} does not match the content")
-    if size != len(content) & 0xFFFFFFFF:
-        raise NotCanonicalGzipError(f"size at byte offset {end + 4} does not match the content")
-    # The high bits of the last deflate byte that inflate did not read decode the same whatever
-    # their value: trailseal writes them as zero.
-    probe = bytearray(body[:used])
-    for bit in range(7, -1, -1):
-        probe[-1] ^= 1 << bit
-        same = _inflate(bytes(probe)) == (content, used)
-        probe[-1] ^= 1 << bit
-        if not same:
-            break
-        if body[used - 1] & (1 << bit):
-            raise NotCanonicalGzipError(
-                f"padding bits after the final deflate block (byte offset {end - 1}) are not zero"
-            )
+        raise NotCanonicalGzipError(
+            f"not trailseal's gzip encoding of its content from byte offset {offset} "
+            "(stored deflate blocks of 65,535 bytes, CRC-32 and size, nothing after)"
+        )
     return content
