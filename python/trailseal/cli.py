@@ -84,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("-v", "--verbose", action="store_true", help="list every file checked")
     validate.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
+    status = sub.add_parser(
+        "status",
+        help="show a running daemon's health",
+        description="Print the daemon's /healthz (delivery backlog, last delivery and error per "
+        "trail). Exits 0 when ok, 1 when degraded, 2 when the daemon cannot be reached.",
+    )
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="find the API address from this config file")
+    where.add_argument("--api", metavar="HOST:PORT", help="the daemon's [api] listen address")
+
     keys = sub.add_parser("keys", help="manage the digest signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     export = keys_sub.add_parser("export", help="print the public signing keys as PEM")
@@ -105,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trailseal import validate
 
         return validate.main(args)
+    if args.command == "status":
+        from trailseal.api import status
+
+        return status.main(args)
     if args.command == "keys":
         from trailseal.delivery import signer
 

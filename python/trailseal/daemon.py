@@ -32,12 +32,14 @@ from pathlib import Path
 
 import trio
 
-from trailseal import _core
+from trailseal import _core, metrics
 from trailseal import config as config_mod
+from trailseal.api import server as api_server
 from trailseal.config import Config, TrailConfig
-from trailseal.delivery import uploader
+from trailseal.delivery import retention, uploader
 from trailseal.delivery.destination import Destination, open_destination
 from trailseal.delivery.digest import DigestWriter
+from trailseal.delivery.notify import Notifier
 from trailseal.delivery.signer import Signer
 from trailseal.errors import DeliveryError, TrailsealError
 from trailseal.ingest.listener import Ingest, bind_tcp, bind_unix
@@ -48,6 +50,8 @@ log = logging.getLogger("trailseal")
 SUBMISSION_CHANNEL_SIZE = 64
 """Chunks (≤ 256 KiB each) waiting for the batcher; when full, connections stop reading."""
 UPLOAD_CHANNEL_SIZE = 1024
+NOTIFY_FLUSH_SECS = 3.0
+"""At shutdown, how long queued delivery notifications may still take (best-effort)."""
 
 
 class StartupError(TrailsealError):
@@ -128,8 +132,11 @@ class _Prepared:
     signer: Signer
     destinations: dict[str, Destination]
     sockets: list[tuple[socket.socket, str]]
+    api_socket: socket.socket | None = None
 
     def close(self) -> None:
+        if self.api_socket is not None:
+            self.api_socket.close()
         for sock, kind in self.sockets:
             if kind == "unix":
                 try:
@@ -194,6 +201,7 @@ def _prepare(config: Config) -> _Prepared:
         }
         for name, trail in config.trails.items():
             _check_object_lock(config, name, trail, destinations[name])
+            _apply_lifecycle(config, name, trail, destinations[name])
     except TrailsealError as exc:
         raise StartupError(str(exc)) from None
     sockets: list[tuple[socket.socket, str]] = []
@@ -208,12 +216,37 @@ def _prepare(config: Config) -> _Prepared:
             sockets.append((unix, "unix"))
         if config.ingest.tcp_listen is not None:
             sockets.append((bind_tcp(*config.ingest.tcp_listen), "tcp"))
+        if config.api.listen is not None:
+            prepared.api_socket = api_server.bind(*config.api.listen)
     except TrailsealError as exc:
         prepared.close()
         raise StartupError(str(exc)) from None
     if not sockets:
         log.warning('both listeners are disabled ([ingest] unix_socket and tcp_listen are "")')
     return prepared
+
+
+def _apply_lifecycle(
+    config: Config, name: str, trail: TrailConfig, destination: Destination
+) -> None:
+    """``retention_days`` on an ``s3://`` trail: put (or remove) its lifecycle rule now. A bucket
+    that refuses it stops the start (ConfigError); one that cannot be reached now gets a WARNING
+    (the rule is applied at the next start)."""
+    if not destination.url.startswith("s3://"):
+        return
+    where = f"{config.source or '<defaults>'}: [trails.{name}] retention_days"
+    try:
+        if retention.apply_lifecycle(destination, trail, where):
+            log.info(
+                "trail %s: bucket lifecycle rule %s%s set (retention_days=%d)",
+                name,
+                retention.RULE_ID_PREFIX,
+                name,
+                trail.retention_days,
+            )
+    except DeliveryError as exc:
+        if trail.retention_days:
+            log.warning("trail %s: cannot set the bucket's lifecycle rule now: %s", name, exc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +262,12 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
 
     stop = trio.Event()
     ok = True
+    metrics.register_trails(list(config.trails))
+    notifiers = {
+        name: Notifier(trail=name, url=trail.notify_url, bucket=prepared.destinations[name].bucket)
+        for name, trail in config.trails.items()
+        if trail.notify_url
+    }
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         # Crash recovery: seal what the last run left open; the uploaders deliver it at start.
         recovered = await Sealer(
@@ -243,6 +282,22 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
             watcher = trio.CancelScope()
             root.start_soon(_watch_signals, signals, stop, watcher)
             shutdown = root.cancel_scope
+            # side stages: never able to hold up delivery; cancelled at the very end
+            side: list[trio.CancelScope] = []
+
+            async def start_side(run: Callable[..., Awaitable[None]]) -> None:
+                side.append(trio.CancelScope())
+                await root.start(_cancellable, side[-1], run)
+
+            api = api_server.ApiServer()
+            if prepared.api_socket is not None:
+                await start_side(partial(api.serve, prepared.api_socket))
+            for notifier in notifiers.values():
+                await start_side(notifier.run)
+            for name, trail in config.trails.items():
+                dest = prepared.destinations[name]
+                if trail.retention_days and not dest.url.startswith("s3://"):
+                    await start_side(partial(retention.run, trail=trail, destination=dest))
 
             writers = [
                 DigestWriter(
@@ -274,6 +329,7 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                                 destination=prepared.destinations[name],
                                 state_dir=data_dir / "state" / name,
                                 sealed=receive,
+                                notifier=notifiers.get(name),
                             )
                         )
                     sealer = Sealer(
@@ -301,6 +357,7 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                         await pipeline.start(_cancellable, timer, sealer.run)
 
                         ingest = Ingest(config.ingest, submit)
+                        metrics.CONNECTIONS.set_function(lambda: ingest.connections)
                         async with trio.open_nursery() as listeners:
                             for sock, kind in prepared.sockets:
                                 await listeners.start(ingest.serve, sock, kind)
@@ -327,6 +384,10 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                 digest_scope.cancel()
             for writer in writers:
                 await writer.write_final()
+            for scope in side:  # api, notifiers, retention
+                scope.cancel()  # the notifiers stop retrying; what is queued gets one last try
+            for notifier in notifiers.values():
+                await notifier.flush(NOTIFY_FLUSH_SECS)
             log.info(
                 "stopped: %d events stored, %d duplicates, %d rejected, %d log files sealed",
                 stats.accepted,
@@ -389,6 +450,12 @@ def _announce(config: Config, prepared: _Prepared) -> None:
         lines.append("tcp: disabled")
     for name, dest in prepared.destinations.items():
         lines.append(f"trail {name}: {dest.url}")
+    if config.api.listen:
+        host, port = config.api.listen
+        shown = f"[{host}]" if ":" in host else host
+        lines.append(f"api: http://{shown}:{port} (/metrics, /healthz)")
+    else:
+        lines.append("api: disabled")
     lines.append(f"signing key: {prepared.signer.fingerprint}")
     for line in lines:
         print(f"trailseal: {line}", file=sys.stderr)
