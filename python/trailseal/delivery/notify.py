@@ -24,6 +24,7 @@ verifies certificates against the system store.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import ssl
@@ -195,17 +196,18 @@ class Notifier:
             self._inflight = []
         with trio.move_on_after(timeout_secs):
             while self._queue:
-                keys = self._take()
+                keys = list(itertools.islice(self._queue, MAX_KEYS_PER_MESSAGE))  # peek
                 try:
                     await trio.to_thread.run_sync(
                         post, self.url, message(self.bucket, keys), abandon_on_cancel=True
                     )
                 except NotifyError as exc:
                     metrics.NOTIFICATIONS_FAILED.labels(trail=self.trail).inc()
-                    self._queue.extendleft(reversed(keys))
                     log.warning("trail %s: final notification failed: %s", self.trail, exc)
                     break
                 metrics.NOTIFICATIONS_SENT.labels(trail=self.trail).inc()
+                for _ in keys:
+                    self._queue.popleft()
         if self._queue:
             left = len(self._queue)
             metrics.NOTIFICATIONS_DROPPED.labels(trail=self.trail).inc(left)
