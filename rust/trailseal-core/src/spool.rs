@@ -209,6 +209,26 @@ pub struct Spool {
     failed: Option<String>,
 }
 
+/// Files and directories to fsync, taken by [`Spool::prepare_sync`] (see there).
+pub struct PendingSync {
+    files: Vec<(PathBuf, std::fs::File)>,
+    dirs: Vec<PathBuf>,
+}
+
+impl PendingSync {
+    /// fsync the segments, then the directories (segments created since the last sync).
+    pub fn run(self) -> Result<()> {
+        for (path, f) in &self.files {
+            f.sync_data()
+                .map_err(|e| CoreError::io("fsync segment", path, e))?;
+        }
+        for d in &self.dirs {
+            fsync_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -945,23 +965,43 @@ impl Spool {
 
     /// fsync every segment written and every directory changed since the last sync.
     pub fn sync(&mut self) -> Result<()> {
-        self.check()?;
-        let r = self.sync_inner();
+        let pending = self.prepare_sync()?;
+        let r = pending.run();
         self.fail(r)
     }
 
-    fn sync_inner(&mut self) -> Result<()> {
-        for t in &mut self.trails {
-            for seg in t.open.values_mut() {
-                if seg.dirty {
-                    seg.sync()?;
+    /// The first half of [`Spool::sync`], for callers that fsync without holding the spool:
+    /// collect (and mark clean) what was written since the last sync, as handles of their own, so
+    /// that the next `process` may run while [`PendingSync::run`] fsyncs. Whoever acknowledges
+    /// must run the syncs one at a time, in the order they were prepared (a later prepare finds
+    /// nothing that an earlier, still running one took), and call [`Spool::sync_failed`] on error.
+    pub fn prepare_sync(&mut self) -> Result<PendingSync> {
+        self.check()?;
+        let mut files = Vec::new();
+        let mut opened = Ok(());
+        'trails: for t in &mut self.trails {
+            for seg in t.open.values_mut().filter(|s| s.dirty) {
+                // fsync flushes the file (inode), whichever descriptor it is called on
+                match std::fs::File::open(&seg.data_path) {
+                    Ok(f) => files.push((seg.data_path.clone(), f)),
+                    Err(e) => {
+                        opened = Err(CoreError::io("open to fsync", &seg.data_path, e));
+                        break 'trails;
+                    }
                 }
+                seg.dirty = false;
             }
         }
-        for d in self.dirty_dirs.drain() {
-            fsync_dir(&d)?;
-        }
-        Ok(())
+        self.fail(opened)?;
+        Ok(PendingSync {
+            files,
+            dirs: self.dirty_dirs.drain().collect(),
+        })
+    }
+
+    /// Record that a [`PendingSync`] failed: the spool refuses further work.
+    pub fn sync_failed(&mut self, e: &CoreError) {
+        self.failed = Some(e.to_string());
     }
 
     fn trail_index(&self, trail: &str) -> Result<usize> {
