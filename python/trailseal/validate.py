@@ -90,6 +90,9 @@ class Digest:
     problems: list[str] = field(default_factory=list)
     readable: bool = False
     in_range: bool = True
+    history_ends: bool = False
+    """Its previous digest is gone and older than everything left of the stream: expired by
+    retention (``retention_days``), so the chain ends here with a note instead of a failure."""
 
     @property
     def stream(self) -> tuple[str, str, str, str]:
@@ -273,6 +276,14 @@ class Validator:
                         )
                     break
                 prev = self.digests.get(str(prev_key))
+                if prev is None and self._expired(str(prev_key), stream):
+                    cur.history_ends = True
+                    self.out.notes.append(
+                        f"Digest file {cur.key}: history starts here: its previous digest "
+                        f"{prev_key} is gone and older than everything left of its stream "
+                        "(expired by retention)"
+                    )
+                    break
                 if prev is None:
                     cur.problems.append(f"previous digest {prev_key} is missing (deleted or moved)")
                     break
@@ -288,6 +299,14 @@ class Validator:
                 chains.append(walk(d))
         return chains
 
+    @staticmethod
+    def _expired(prev_key: str, stream: list[Digest]) -> bool:
+        """A missing previous digest counts as expired history (not as deleted) when its key
+        says it ended before every digest still present in the stream. (Log files it listed that
+        are still there are then listed in no digest: reported as such.)"""
+        parts = layout.parse_digest_key(prev_key)
+        return parts is not None and all(parts.end < d.parts.end for d in stream)
+
     def _check_log(self, entry: dict[str, Any], digest: Digest) -> list[str]:
         key = str(entry.get("s3Object"))
         problems: list[str] = []
@@ -299,6 +318,14 @@ class Validator:
         try:
             data = self.dest.get_bytes(key)
         except NoSuchKeyError:
+            _, stamp = _log_key_stream(key)
+            if digest.history_ends and stamp is not None and stamp.date() < digest.parts.end.date():
+                # retention removed it on the day before the first digest left (the digest
+                # that listed it is kept a little longer): the end of history, not a deletion
+                self.out.notes.append(
+                    f"Log file {key}: expired (listed in {digest.key}, where history starts)"
+                )
+                return []
             return [f"missing (listed in digest {digest.key})"]
         except TrailsealError as e:
             return [f"cannot be read: {e}"]
