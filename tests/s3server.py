@@ -185,7 +185,9 @@ class S3Server:
             if code is not None:
                 raise RuntimeError(f"weed mini exited with {code}:\n{self.log_tail()}")
             try:
-                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                with contextlib.suppress(  # a restart on the same data dir: it is there
+                    client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists
+                ):
                     client.create_bucket(Bucket=bucket)
                 client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
                 if client.get_object(Bucket=bucket, Key="probe")["Body"].read() == b"ok":
@@ -216,8 +218,12 @@ class S3Server:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
-        """SIGKILL (an outage: what it had not written is lost), keeping the data dir."""
-        self.stop()
+        """SIGKILL, even while SIGSTOPped (no SIGCONT first: it never runs again), keeping the
+        data dir for :meth:`restart`."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def restart(self) -> S3Server:
         """A new ``weed mini`` on the same data dir and ports (after :meth:`kill`)."""
