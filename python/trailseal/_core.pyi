@@ -7,6 +7,7 @@ Spool layout owned by :class:`Core` (one directory per trail under ``spool_dir``
 
     <trail>/open/<seq>-<account>-<region>.seg       open segment: zstd frames
     <trail>/open/<seq>-<account>-<region>.seg.json  its metadata (chain start, opened at)
+    <trail>/open/<seq>-<account>-<region>.gz.tmp    gzip trail: a seal in progress (removed at open)
     <trail>/sealed/<seq>-<account>-<region>.log     sealed log file (compressed bytes, final)
     <trail>/sealed/<seq>-<account>-<region>.json    its manifest (SealedFile fields as JSON)
     <trail>/heads.json                              last seq, chain head per stream (account/region)
@@ -17,6 +18,11 @@ Spool layout owned by :class:`Core` (one directory per trail under ``spool_dir``
 
 ``seq`` is a zero-padded 12-digit number, increasing per trail across restarts, so
 sorting file names gives delivery order.
+
+Routing: each trail's event selectors are evaluated in the core on the batch; an accepted event
+is written once to every trail that selects it (a trail with ``multi_region=False`` only takes
+events whose awsRegion is the Core's ``region``). Dedup is per Core, before routing. Open
+segments are always zstd; a gzip trail's segment is transcoded at seal into one gzip member.
 """
 
 from typing import Self, final
@@ -29,9 +35,39 @@ class CoreError(TrailsealError):
     """I/O or state error inside the core (message names the file and what failed)."""
 
 @final
+class TrailSpec:
+    """One trail's settings for :class:`Core`. Raises ValueError for selectors CloudTrail would
+    refuse (see :func:`check_selectors`), a compression other than "zstd"/"gzip", or a
+    ``gzip_level`` outside 1-9."""
+
+    name: str
+    selectors_json: str
+    """``{"event_selectors": [...]}``, ``{"advanced_event_selectors": [...]}`` or ``"{}"`` (all
+    management events, read and write)."""
+    multi_region: bool
+    """False: only events whose awsRegion is the Core's home ``region``."""
+    compression: str
+    """"zstd" or "gzip" (sealed log files; the open segment is zstd either way)."""
+    gzip_level: int
+    """Deflate level 1-9 of gzip log files."""
+
+    def __new__(
+        cls,
+        name: str,
+        *,
+        selectors_json: str = "{}",
+        multi_region: bool = True,
+        compression: str = "zstd",
+        gzip_level: int = 6,
+    ) -> Self: ...
+
+@final
 class BatchResult:
     accepted: int
     """Events newly written (an event counts once however many trails take it)."""
+    unrouted: int
+    """Valid new events that no trail selects: acknowledged, written nowhere (their eventIDs
+    still enter the dedup window)."""
     duplicates: int
     """Events whose eventID was already in the dedup window (acknowledged, not written)."""
     rejected: int
@@ -74,7 +110,7 @@ class SealedFile:
     chain_start: str
     chain_end: str
     compression: str
-    """Always "zstd" (the spool's format; a gzip trail transcodes at delivery, same sha256)."""
+    """"zstd", or "gzip" for a gzip trail (``path`` then holds one gzip member; same sha256)."""
     compressed_bytes: int
     uncompressed_bytes: int
 
@@ -103,7 +139,7 @@ class Core:
     def __new__(
         cls,
         spool_dir: str,
-        trails: list[str],
+        trails: list[str | TrailSpec],
         *,
         account_id: str,
         region: str,
@@ -114,8 +150,10 @@ class Core:
     ) -> Self:
         """Open (creating if needed) the spool, recover every open segment (torn tail truncated
         to the last whole frame, chain head recomputed) and load the dedup journal. A segment
-        closed by a seal that was cut short is moved to ``sealed/`` when its manifest was
-        written, else reopened. Raises CoreError. Only one Core may use a spool at a time."""
+        closed by a seal that was cut short is moved to ``sealed/`` (a gzip trail's transcoded
+        again) when its manifest was written, else reopened. ``trails``: names (default
+        settings) or :class:`TrailSpec`, at most 64. Raises CoreError. Only one Core may use a
+        spool at a time."""
 
     def recovery_notes(self) -> list[str]:
         """Human-readable notes of what recovery did at open (truncated tails, restarted chains)."""
@@ -124,12 +162,12 @@ class Core:
         """Process one batch. ``data`` is whole NDJSON lines (``\\n`` or ``\\r\\n``; blank lines are
         skipped and not counted). ``parts`` splits it by source: (end offset in ``data``, peer,
         agent or None, receivedAt in epoch milliseconds); the parts cover ``data`` in order.
-        Per line: parse, validate, fill defaults, add receipt, dedup, canonicalize, route to every
-        trail, chain, and append the batch's zstd frames (one per touched stream, or several cut
-        between events when it is large) to each stream's open segment (written, not yet
-        fsync'd). The per-event work and the compression run on every core (a rayon pool sized by
-        the process's CPU affinity); results and errors come back in input order. Releases the
-        GIL."""
+        Per line: parse, validate, fill defaults, add receipt, canonicalize, evaluate every
+        trail's selectors, dedup, route to the trails that select it, chain, and append the
+        batch's zstd frames (one per touched stream, or several cut between events when it is
+        large) to each stream's open segment (written, not yet fsync'd). The per-event work and
+        the compression run on every core (a rayon pool sized by the process's CPU affinity);
+        results and errors come back in input order. Releases the GIL."""
 
     def sync(self) -> None:
         """fsync every segment (and directory) written since the last sync. After it returns, every
@@ -139,10 +177,11 @@ class Core:
         """The open, non-empty segments."""
 
     def seal(self, trail: str, account: str, region: str, object_key: str) -> SealedFile | None:
-        """Seal the stream's open segment: append the closing frame, fsync, write the manifest and
-        move both into ``sealed/`` (atomically, fsync'd). Returns None when the stream has no open
-        segment. The next event of the stream starts a new segment whose chain start is this one's
-        chain end. Releases the GIL."""
+        """Seal the stream's open segment: append the closing frame, fsync, (gzip trail: transcode
+        into one gzip member, fsync), write the manifest and move both into ``sealed/``
+        (atomically, fsync'd); a gzip transcode holds the spool meanwhile. Returns None when the
+        stream has no open segment. The next event of the stream starts a new segment whose chain
+        start is this one's chain end. Releases the GIL."""
 
     def sealed_files(self, trail: str) -> list[SealedFile]:
         """Sealed, not yet removed files of the trail in delivery order (oldest seq first)."""

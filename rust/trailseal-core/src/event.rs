@@ -12,9 +12,17 @@
 //! by the daemon's when `EventContext::receipt` is set.
 //!
 //! `awsRegion` must also match `^[a-z0-9][a-z0-9-]{0,31}$` and `recipientAccountId` be 12 ASCII
-//! digits, because both become parts of file names and S3 object keys.
+//! digits, because both become parts of file names and S3 object keys. The other fields event
+//! selectors read (`userIdentity.arn`, `sessionCredentialFromConsole`, `vpcEndpointId`) must be
+//! strings when present.
+//!
+//! Selection: [`process_event_selecting`] also hands the event's selector fields
+//! ([`select::EventFields`], borrowed from the parsed document, after defaults) to a function
+//! that returns the event's routing bits ([`EventMeta::routes`]), so that selectors are evaluated
+//! in the parallel per-event stage without a second parse.
 
 use crate::canonical::{self, CanonError, Document, Extra, Kind, NodeId};
+use crate::select::{self, EventFields};
 
 /// Rejection codes of FORMATS.md §1, spelled as on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +100,9 @@ pub struct EventMeta {
     pub event_time: i64,
     pub account: String,
     pub region: String,
+    /// What the selecting function of [`process_event_selecting`] returned for the event (bit `i`
+    /// set: trail `i` selects it); all bits set by [`process_event`].
+    pub routes: u64,
 }
 
 /// Default `eventVersion`.
@@ -110,13 +121,19 @@ const EVENT_CATEGORIES: [&str; 4] = ["Management", "Data", "Insight", "NetworkAc
 const READ_ONLY_PREFIXES: [&str; 9] = [
     "Get", "List", "Describe", "Head", "Lookup", "Search", "Scan", "Query", "BatchGet",
 ];
-const OPTIONAL_STRINGS: [&str; 5] = [
+const OPTIONAL_STRINGS: [&str; 7] = [
     "errorCode",
     "errorMessage",
     "sourceIPAddress",
     "userAgent",
     "requestID",
+    "sessionCredentialFromConsole",
+    "vpcEndpointId",
 ];
+/// Indices into [`OPTIONAL_STRINGS`] of the fields event selectors read.
+const ERROR_CODE: usize = 0;
+const SESSION_CREDENTIAL_FROM_CONSOLE: usize = 5;
+const VPC_ENDPOINT_ID: usize = 6;
 
 /// Where the known top-level fields are in the document.
 #[derive(Default)]
@@ -136,7 +153,7 @@ struct Fields {
     request_parameters: Option<NodeId>,
     response_elements: Option<NodeId>,
     resources: Option<NodeId>,
-    optional_strings: [Option<NodeId>; 5],
+    optional_strings: [Option<NodeId>; OPTIONAL_STRINGS.len()],
 }
 
 /// Validate, default and canonicalize one line (without its line ending).
@@ -144,6 +161,17 @@ pub fn process_event(
     line: &[u8],
     ctx: &EventContext<'_>,
     out: &mut Vec<u8>,
+) -> Result<EventMeta, Reject> {
+    process_event_selecting(line, ctx, out, &|_| u64::MAX)
+}
+
+/// [`process_event`], and `select` run on the accepted event's selector fields (after defaults);
+/// its result is the event's [`EventMeta::routes`].
+pub fn process_event_selecting(
+    line: &[u8],
+    ctx: &EventContext<'_>,
+    out: &mut Vec<u8>,
+    select: &(dyn Fn(&EventFields<'_>) -> u64 + Sync),
 ) -> Result<EventMeta, Reject> {
     if line.len() > ctx.max_event_bytes {
         return Err(Reject::new(
@@ -163,7 +191,7 @@ pub fn process_event(
                 Reject::field(format!("{path}: {message}"))
             }
         })?;
-        build(&doc, line.len(), ctx, out)
+        build(&doc, line.len(), ctx, out, select)
     });
     if result.is_err() {
         out.truncate(mark);
@@ -176,6 +204,7 @@ fn build(
     line_len: usize,
     ctx: &EventContext<'_>,
     out: &mut Vec<u8>,
+    select: &(dyn Fn(&EventFields<'_>) -> u64 + Sync),
 ) -> Result<EventMeta, Reject> {
     let root = doc.root();
     let kind = doc.kind(root);
@@ -212,7 +241,7 @@ fn build(
     }
 
     let event_name = required_string(doc, f.event_name, "eventName")?;
-    required_string(doc, f.event_source, "eventSource")?;
+    let event_source = required_string(doc, f.event_source, "eventSource")?;
 
     let event_time = match f.event_time {
         None => ctx.received_at_secs,
@@ -287,9 +316,10 @@ fn build(
         }
     };
 
-    if let Some(id) = f.event_type {
-        one_of(doc, id, "eventType", &EVENT_TYPES)?;
-    }
+    let event_type = match f.event_type {
+        None => "AwsApiCall",
+        Some(id) => one_of(doc, id, "eventType", &EVENT_TYPES)?,
+    };
     let category = match f.event_category {
         None => "Management",
         Some(id) => one_of(doc, id, "eventCategory", &EVENT_CATEGORIES)?,
@@ -297,11 +327,16 @@ fn build(
     if let Some(id) = f.management_event {
         boolean(doc, id, "managementEvent")?;
     }
-    if let Some(id) = f.read_only {
-        boolean(doc, id, "readOnly")?;
-    }
+    let read_only = match f.read_only {
+        None => READ_ONLY_PREFIXES.iter().any(|p| event_name.starts_with(p)),
+        Some(id) => boolean(doc, id, "readOnly")?,
+    };
+    let mut user_identity_arn = None;
     if let Some(id) = f.user_identity {
         expect_kind(doc, id, "userIdentity", &[Kind::Object], "an object")?;
+        if let Some(arn) = doc.get(id, "arn") {
+            user_identity_arn = Some(string(doc, arn, "userIdentity.arn", "a string")?);
+        }
     }
     for (slot, name) in [
         (f.request_parameters, "requestParameters"),
@@ -317,14 +352,33 @@ fn build(
             )?;
         }
     }
+    let mut resources: Vec<select::Resource<'_>> = Vec::new();
     if let Some(id) = f.resources {
-        check_resources(doc, id)?;
+        check_resources(doc, id, &mut resources)?;
     }
-    for (slot, name) in f.optional_strings.iter().zip(OPTIONAL_STRINGS) {
+    let mut optional: [Option<&str>; OPTIONAL_STRINGS.len()] = [None; OPTIONAL_STRINGS.len()];
+    for ((slot, name), value) in f
+        .optional_strings
+        .iter()
+        .zip(OPTIONAL_STRINGS)
+        .zip(&mut optional)
+    {
         if let Some(id) = *slot {
-            string(doc, id, name, "a string")?;
+            *value = Some(string(doc, id, name, "a string")?);
         }
     }
+    let routes = select(&EventFields {
+        event_category: category,
+        event_source,
+        event_name,
+        event_type,
+        read_only,
+        resources: &resources,
+        user_identity_arn,
+        error_code: optional[ERROR_CODE],
+        session_credential_from_console: optional[SESSION_CREDENTIAL_FROM_CONSOLE],
+        vpc_endpoint_id: optional[VPC_ENDPOINT_ID],
+    });
 
     // Everything is valid: write the event with its defaults.
     // members in canonical order: agent, peer, receivedAt
@@ -366,7 +420,6 @@ fn build(
         add!("managementEvent", Extra::Bool(category == "Management"));
     }
     if f.read_only.is_none() {
-        let read_only = READ_ONLY_PREFIXES.iter().any(|p| event_name.starts_with(p));
         add!("readOnly", Extra::Bool(read_only));
     }
     if f.request_parameters.is_none() {
@@ -386,11 +439,17 @@ fn build(
         event_time,
         account: account.to_string(),
         region: region.to_string(),
+        routes,
     })
 }
 
-/// Check `resources`: an array of objects whose `ARN`, `accountId` and `type` are strings.
-fn check_resources(doc: &Document<'_, '_>, id: NodeId) -> Result<(), Reject> {
+/// Check `resources`: an array of objects whose `ARN`, `accountId` and `type` are strings; their
+/// `type` and `ARN` go to `out` (for the selectors).
+fn check_resources<'d>(
+    doc: &'d Document<'_, '_>,
+    id: NodeId,
+    out: &mut Vec<select::Resource<'d>>,
+) -> Result<(), Reject> {
     expect_kind(doc, id, "resources", &[Kind::Array], "an array of objects")?;
     for (i, item) in doc.elements(id).enumerate() {
         let kind = doc.kind(item);
@@ -400,17 +459,23 @@ fn check_resources(doc: &Document<'_, '_>, id: NodeId) -> Result<(), Reject> {
                 kind.as_str()
             )));
         }
+        let mut resource = select::Resource::default();
         for name in ["ARN", "accountId", "type"] {
             if let Some(v) = doc.get(item, name) {
-                let kind = doc.kind(v);
-                if kind != Kind::String {
+                let Some(text) = doc.as_str(v) else {
                     return Err(Reject::field(format!(
                         "resources[{i}].{name} must be a string, got {}",
-                        kind.as_str()
+                        doc.kind(v).as_str()
                     )));
+                };
+                match name {
+                    "ARN" => resource.arn = Some(text),
+                    "type" => resource.resource_type = Some(text),
+                    _ => {}
                 }
             }
         }
+        out.push(resource);
     }
     Ok(())
 }
@@ -778,8 +843,66 @@ mod tests {
                 event_time: 1_770_091_506,
                 account: "444455556666".into(),
                 region: "eu-central-1".into(),
+                routes: u64::MAX,
             }
         );
+    }
+
+    #[test]
+    fn selector_fields_are_the_values_after_defaults() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let select = |f: &EventFields<'_>| {
+            if let Ok(mut v) = seen.lock() {
+                v.push(format!(
+                    "{} {} {} {} {} {:?} {:?} {:?} {:?} {:?}",
+                    f.event_category,
+                    f.event_source,
+                    f.event_name,
+                    f.event_type,
+                    f.read_only,
+                    f.resources,
+                    f.user_identity_arn,
+                    f.error_code,
+                    f.session_credential_from_console,
+                    f.vpc_endpoint_id
+                ));
+            }
+            0b101
+        };
+        let line = br#"{"eventName":"GetObject","eventSource":"s3.amazonaws.com","eventCategory":"Data","userIdentity":{"arn":"arn:aws:iam::1:user/a"},"resources":[{"type":"AWS::S3::Object","ARN":"arn:aws:s3:::b/k"},{"accountId":"1"}],"errorCode":"VpceAccessDenied","sessionCredentialFromConsole":"true","vpcEndpointId":"vpce-1"}"#;
+        let meta = process_event_selecting(line, &ctx(), &mut Vec::new(), &select).expect("ok");
+        assert_eq!(meta.routes, 0b101);
+        let meta = process_event_selecting(
+            br#"{"eventName":"RunInstances","eventSource":"ec2.amazonaws.com"}"#,
+            &ctx(),
+            &mut Vec::new(),
+            &select,
+        )
+        .expect("ok");
+        assert_eq!(meta.routes, 0b101);
+        let seen = seen.into_inner().expect("not poisoned");
+        assert_eq!(
+            seen,
+            vec![
+                "Data s3.amazonaws.com GetObject AwsApiCall true [Resource { resource_type: \
+                 Some(\"AWS::S3::Object\"), arn: Some(\"arn:aws:s3:::b/k\") }, Resource { \
+                 resource_type: None, arn: None }] Some(\"arn:aws:iam::1:user/a\") \
+                 Some(\"VpceAccessDenied\") Some(\"true\") Some(\"vpce-1\")"
+                    .to_string(),
+                "Management ec2.amazonaws.com RunInstances AwsApiCall false [] None None None None"
+                    .to_string(),
+            ]
+        );
+        // the selector fields CloudTrail reads must be strings when present
+        for bad in [
+            r#""userIdentity":{"arn":5}"#,
+            r#""sessionCredentialFromConsole":true"#,
+            r#""vpcEndpointId":null"#,
+        ] {
+            let line = format!(r#"{{"eventName":"X","eventSource":"s",{bad}}}"#);
+            let rej = process_event(line.as_bytes(), &ctx(), &mut Vec::new()).expect_err(bad);
+            assert_eq!(rej.code, RejectCode::InvalidField, "{bad}");
+        }
     }
 
     #[test]

@@ -15,8 +15,13 @@
 //! Invariants: every whole frame was written by one `append` and ends at an event boundary; a torn tail (crash mid-write) is an
 //! incomplete or undecodable last frame, and recovery truncates the file to the last whole frame.
 //! Canonical events hold no raw newline, so the content splits into events on `\n`.
+//!
+//! A gzip trail's closed segment is transcoded at seal by [`transcode_gzip`] into exactly one gzip
+//! member (FORMATS.md §4) in the canonical form `verify::strict_gzip` accepts: the fixed header
+//! [`GZIP_HEADER`], one raw deflate stream (zero padding bits after its final block), CRC-32 and
+//! size, nothing after.
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -402,6 +407,63 @@ pub fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
     c.set_parameter(zstd::stream::raw::CParameter::DictIdFlag(false))
         .map_err(err)?;
     Ok(c)
+}
+
+/// The gzip header trailseal writes: no flags, MTIME 0, XFL 0, OS 255 ("unknown").
+pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0xff];
+/// Default deflate level of gzip log files (zlib's default).
+pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+
+/// Transcode the zstd frames of the closed segment `src` into one gzip member written to `dst`
+/// (created, must not exist; fsync'd), streaming. Returns the member's size and the lower-case
+/// hex SHA-256 of the content (which the caller compares with the segment's).
+pub fn transcode_gzip(src: &Path, dst: &Path, level: u32) -> Result<(u64, String)> {
+    let input = File::open(src).map_err(|e| CoreError::io("open segment", src, e))?;
+    let mut decoder = zstd::stream::read::Decoder::new(input)
+        .map_err(|e| CoreError::io("start decoding segment", src, e))?;
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(|e| CoreError::io("create", dst, e))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
+    writer
+        .write_all(&GZIP_HEADER)
+        .map_err(|e| CoreError::io("write", dst, e))?;
+    let mut deflate = flate2::write::DeflateEncoder::new(writer, flate2::Compression::new(level));
+    let mut crc = flate2::Crc::new();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CoreError::io("decode segment", src, e)),
+        };
+        crc.update(&buf[..n]);
+        hasher.update(&buf[..n]);
+        deflate
+            .write_all(&buf[..n])
+            .map_err(|e| CoreError::io("write", dst, e))?;
+    }
+    let mut writer = deflate
+        .finish()
+        .map_err(|e| CoreError::io("write", dst, e))?;
+    writer
+        .write_all(&crc.sum().to_le_bytes())
+        .and_then(|()| writer.write_all(&crc.amount().to_le_bytes()))
+        .map_err(|e| CoreError::io("write", dst, e))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| CoreError::io("write", dst, e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| CoreError::io("fsync", dst, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| CoreError::io("stat", dst, e))?
+        .len();
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 pub struct Segment {

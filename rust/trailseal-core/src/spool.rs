@@ -16,6 +16,19 @@
 //! cut short at any step: a closed segment with a manifest is moved, one without is reopened; a
 //! chain head is the one of the highest seq among `heads.json` and the manifests in `sealed/`.
 //!
+//! A gzip trail (`TrailSpec::compression`) seals differently: after the closing frame and the
+//! eventIDs, the segment is transcoded into `open/<name>.gz.tmp` (one gzip member, fsync'd), the
+//! manifest (compression "gzip") written, the member renamed to `sealed/<name>.log` and `sealed/`
+//! fsync'd, and only then are `.seg` and `.seg.json` removed. Recovery of a closed segment with a
+//! gzip manifest: when `sealed/<name>.log` is there, the segment files are removed; else the
+//! transcode is done again (leftover `.tmp` files are removed first) and the manifest rewritten.
+//!
+//! Routing: each trail has event selectors (`select`), evaluated in the parallel per-event stage
+//! into a bit mask (so at most [`MAX_TRAILS`] trails); `route` (in the in-order step, after dedup)
+//! turns the mask into trail indices and drops, for a trail with `multi_region = false`, events
+//! whose awsRegion is not the spool's home region. An event no trail takes is counted in
+//! `BatchResult::unrouted` and written nowhere.
+//!
 //! After an I/O error in `process`, `seal` or `sync` the spool refuses further work (the disk
 //! state is consistent, the in-memory state may not be): open a new one to recover.
 use std::collections::{HashMap, HashSet};
@@ -30,11 +43,67 @@ use crate::error::{CoreError, Result};
 use crate::event::{self, EventContext, EventMeta, Receipt, Reject};
 use crate::lines;
 use crate::segment::{self, fsync_dir, write_atomic, Batch, Recovered, Segment, SegmentMeta};
+use crate::select::{EventFields, Selectors};
+
+/// Most trails one spool holds (routing uses a 64-bit mask per event).
+pub const MAX_TRAILS: usize = 64;
+
+/// How a trail's sealed log files are compressed (FORMATS.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogCompression {
+    /// The segment's zstd frames as they are.
+    Zstd,
+    /// Transcoded at seal into one gzip member at this deflate level (1-9).
+    Gzip(u32),
+}
+
+impl LogCompression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogCompression::Zstd => "zstd",
+            LogCompression::Gzip(_) => "gzip",
+        }
+    }
+}
+
+/// One trail's settings that the spool needs.
+#[derive(Debug, Clone)]
+pub struct TrailSpec {
+    pub name: String,
+    pub selectors: Selectors,
+    /// false: only events whose awsRegion is the spool's home region (`SpoolConfig::region`).
+    pub multi_region: bool,
+    pub compression: LogCompression,
+}
+
+impl TrailSpec {
+    /// A trail with the defaults: all management events, every region, zstd.
+    pub fn new(name: impl Into<String>) -> TrailSpec {
+        TrailSpec {
+            name: name.into(),
+            selectors: Selectors::default(),
+            multi_region: true,
+            compression: LogCompression::Zstd,
+        }
+    }
+}
+
+impl From<String> for TrailSpec {
+    fn from(name: String) -> Self {
+        TrailSpec::new(name)
+    }
+}
+
+impl From<&str> for TrailSpec {
+    fn from(name: &str) -> Self {
+        TrailSpec::new(name)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub spool_dir: PathBuf,
-    pub trails: Vec<String>,
+    pub trails: Vec<TrailSpec>,
     pub account_id: String,
     pub region: String,
     pub max_event_bytes: usize,
@@ -44,6 +113,7 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
+    /// Trails by name, each with the defaults of [`TrailSpec::new`].
     pub fn new(
         spool_dir: impl Into<PathBuf>,
         trails: Vec<String>,
@@ -52,7 +122,7 @@ impl SpoolConfig {
     ) -> Self {
         SpoolConfig {
             spool_dir: spool_dir.into(),
-            trails,
+            trails: trails.into_iter().map(TrailSpec::new).collect(),
             account_id: account_id.into(),
             region: region.into(),
             max_event_bytes: 262_144,
@@ -75,7 +145,10 @@ pub struct Part {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchResult {
+    /// Events newly written to at least one trail.
     pub accepted: u64,
+    /// Valid, new events no trail's selectors took: acknowledged, written nowhere.
+    pub unrouted: u64,
     pub duplicates: u64,
     pub rejected: u64,
     /// (part index, line number in the part from 1, code, message), in input order.
@@ -189,6 +262,8 @@ struct Head {
 
 struct Trail {
     name: String,
+    multi_region: bool,
+    compression: LogCompression,
     dir: PathBuf,
     open_dir: PathBuf,
     sealed_dir: PathBuf,
@@ -202,6 +277,8 @@ pub struct Spool {
     /// `spool.lock`, exclusively locked while this Spool lives (released when it is dropped).
     _lock: std::fs::File,
     trails: Vec<Trail>,
+    /// Each trail's selectors, in trail order (shared with the per-event stage).
+    selectors: Vec<Selectors>,
     dedup: Dedup,
     compressor: zstd::bulk::Compressor<'static>,
     notes: Vec<String>,
@@ -369,10 +446,11 @@ impl Trail {
     /// Open (creating) the trail's directories and recover its state.
     fn open(
         spool_dir: &Path,
-        name: &str,
+        spec: &TrailSpec,
         dedup: &mut Dedup,
         notes: &mut Vec<String>,
     ) -> Result<Trail> {
+        let name = spec.name.as_str();
         check_trail_name(name)?;
         let dir = spool_dir.join(name);
         let existed = dir.exists();
@@ -382,6 +460,8 @@ impl Trail {
         mkdir(&sealed_dir)?;
         let mut t = Trail {
             name: name.to_owned(),
+            multi_region: spec.multi_region,
+            compression: spec.compression,
             dir: dir.clone(),
             open_dir: open_dir.clone(),
             sealed_dir: sealed_dir.clone(),
@@ -474,10 +554,20 @@ impl Trail {
                 }
                 Recovered::Closed(seg) => {
                     max_seq = max_seq.max(seg.meta.seq);
-                    if manifests.contains_key(&stem) {
+                    if let Some(manifest) = manifests.get_mut(&stem) {
                         let dest = sealed_dir.join(format!("{stem}.log"));
-                        std::fs::rename(&seg.data_path, &dest)
-                            .map_err(|e| CoreError::io("move sealed segment to", &dest, e))?;
+                        if manifest.compression == "zstd" {
+                            std::fs::rename(&seg.data_path, &dest)
+                                .map_err(|e| CoreError::io("move sealed segment to", &dest, e))?;
+                        } else if !logs.contains(&stem) {
+                            // gzip: the transcode did not reach sealed/; do it again
+                            let level = match spec.compression {
+                                LogCompression::Gzip(level) => level,
+                                LogCompression::Zstd => segment::DEFAULT_GZIP_LEVEL,
+                            };
+                            finish_gzip(&seg, &open_dir, &dest, manifest, level)?;
+                        }
+                        remove(&seg.data_path)?;
                         remove(&seg.meta_path)?;
                         logs.insert(stem.clone());
                         finished.push(stem.clone());
@@ -556,11 +646,88 @@ impl Trail {
     }
 }
 
-/// Trails an accepted event goes to (indices into the spool's trails). Every trail for now;
-/// event selectors will make this depend on the event.
-fn route(n_trails: usize, _event: &EventMeta, out: &mut Vec<usize>) {
+/// The gzip part of sealing `seg` (closed, fsync'd) into `dest`: transcode into
+/// `<open_dir>/<name>.gz.tmp` (checking the content against the SHA-256 taken while it was
+/// written), write the manifest (`sealed` with compression "gzip" and the member's size), move
+/// the member to `dest` and fsync its directory. The segment's own files are left to the caller.
+fn finish_gzip(
+    seg: &Segment,
+    open_dir: &Path,
+    dest: &Path,
+    sealed: &mut SealedFile,
+    level: u32,
+) -> Result<()> {
+    let tmp = open_dir.join(format!("{}.gz.tmp", seg.meta.name()));
+    remove(&tmp)?;
+    let (size, sha256) = segment::transcode_gzip(&seg.data_path, &tmp, level)?;
+    crash_point("gzip-transcoded")?;
+    if sha256 != sealed.sha256 {
+        remove(&tmp)?;
+        return Err(CoreError::Corrupt {
+            path: seg.data_path.clone(),
+            message: format!(
+                "content SHA-256 {sha256} differs from {} taken while it was written (the \
+                 segment changed on disk); move it aside and check the disk",
+                sealed.sha256
+            ),
+        });
+    }
+    sealed.compression = "gzip".into();
+    sealed.compressed_bytes = size;
+    write_atomic(&sealed.manifest_path, &sealed.to_json())?;
+    crash_point("gzip-manifest")?;
+    std::fs::rename(&tmp, dest).map_err(|e| CoreError::io("move gzip log file to", dest, e))?;
+    if let Some(dir) = dest.parent() {
+        fsync_dir(dir)?;
+    }
+    crash_point("gzip-moved")
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the crash point at which the next seal stops with an error, as a crash would.
+    static CRASH_AT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Tests stop a seal here (see `CRASH_AT`); a no-op otherwise.
+#[cfg(test)]
+fn crash_point(name: &'static str) -> Result<()> {
+    if CRASH_AT.with(|c| c.get()) == Some(name) {
+        CRASH_AT.with(|c| c.set(None));
+        return Err(CoreError::Invalid(format!("test crash at {name}")));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[inline]
+fn crash_point(_name: &'static str) -> Result<()> {
+    Ok(())
+}
+
+/// The routing bits of one event: bit `i` set when trail `i`'s selectors take it. Runs in the
+/// parallel per-event stage, on fields borrowed from the parsed event.
+fn select_trails(selectors: &[Selectors], fields: &EventFields<'_>) -> u64 {
+    selectors.iter().enumerate().fold(0u64, |mask, (i, s)| {
+        mask | (u64::from(s.matches(fields)) << i)
+    })
+}
+
+/// Trails an accepted event goes to (indices into the spool's trails, ascending): those whose
+/// selectors took it (`event.routes`), less the single-region trails when its awsRegion is not
+/// the home region.
+fn route(trails: &[Trail], home_region: &str, event: &EventMeta, out: &mut Vec<usize>) {
     out.clear();
-    out.extend(0..n_trails);
+    let mut mask = event.routes;
+    while mask != 0 {
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        if let Some(t) = trails.get(i) {
+            if t.multi_region || event.region == home_region {
+                out.push(i);
+            }
+        }
+    }
 }
 
 /// One non-blank line of a batch: its part, its number in the part (from 1), its text.
@@ -611,7 +778,11 @@ const SLICES_PER_THREAD: usize = 4;
 /// worse and gain little).
 const MIN_PARALLEL_FRAME: usize = 1 << 20;
 
-fn stage_slice(lines: &[Line<'_>], contexts: &[EventContext<'_>]) -> Staged {
+fn stage_slice(
+    lines: &[Line<'_>],
+    contexts: &[EventContext<'_>],
+    selectors: &[Selectors],
+) -> Staged {
     let bytes: usize = lines.iter().map(|l| l.text.len()).sum();
     let mut out = Staged {
         buf: Vec::with_capacity(bytes + bytes / 4 + 1024),
@@ -619,7 +790,9 @@ fn stage_slice(lines: &[Line<'_>], contexts: &[EventContext<'_>]) -> Staged {
     };
     for line in lines {
         let start = out.buf.len();
-        match event::process_event(line.text, &contexts[line.part], &mut out.buf) {
+        let select = |fields: &EventFields<'_>| select_trails(selectors, fields);
+        match event::process_event_selecting(line.text, &contexts[line.part], &mut out.buf, &select)
+        {
             Ok(meta) => out.outcomes.push(Outcome::Event {
                 end: out.buf.len(),
                 hash: chain::event_hash(&out.buf[start..]),
@@ -642,11 +815,12 @@ fn stage_slice(lines: &[Line<'_>], contexts: &[EventContext<'_>]) -> Staged {
 fn stage_in_order(
     lines: &[Line<'_>],
     contexts: &[EventContext<'_>],
+    selectors: &[Selectors],
     mut consume: impl FnMut(Staged),
 ) {
     let threads = rayon::current_num_threads().max(1);
     if lines.len() < MIN_PARALLEL_LINES || threads == 1 {
-        consume(stage_slice(lines, contexts));
+        consume(stage_slice(lines, contexts, selectors));
         return;
     }
     let per_slice = lines.len().div_ceil(threads * SLICES_PER_THREAD).max(16);
@@ -659,7 +833,7 @@ fn stage_in_order(
                 .enumerate()
                 .for_each_with(tx, |tx, (i, slice)| {
                     // the receiver lives until every sender is gone
-                    let _ = tx.send((i, stage_slice(slice, contexts)));
+                    let _ = tx.send((i, stage_slice(slice, contexts, selectors)));
                 });
         });
         let mut pending: Vec<Option<Staged>> = (0..slices).map(|_| None).collect();
@@ -678,6 +852,7 @@ fn stage_in_order(
 struct Sequencer<'a> {
     dedup: &'a mut Dedup,
     trails: &'a [Trail],
+    home_region: &'a str,
     streams: Vec<StreamBatch>,
     targets: Vec<usize>,
     room: usize,
@@ -709,8 +884,12 @@ impl Sequencer<'_> {
                 res.duplicates += 1;
                 continue;
             }
+            route(self.trails, self.home_region, &meta, &mut self.targets);
+            if self.targets.is_empty() {
+                res.unrouted += 1;
+                continue;
+            }
             res.accepted += 1;
-            route(self.trails.len(), &meta, &mut self.targets);
             let mut id = Some(meta.event_id);
             for (k, &ti) in self.targets.iter().enumerate() {
                 // the last trail takes the eventID itself, the others a copy
@@ -761,10 +940,27 @@ impl Spool {
                 "no trails: give at least one trail name".into(),
             ));
         }
+        if cfg.trails.len() > MAX_TRAILS {
+            return Err(CoreError::Invalid(format!(
+                "{} trails: one spool holds at most {MAX_TRAILS}",
+                cfg.trails.len()
+            )));
+        }
         let mut seen = HashSet::new();
         for t in &cfg.trails {
-            if !seen.insert(t) {
-                return Err(CoreError::Invalid(format!("trail {t:?} is listed twice")));
+            if !seen.insert(&t.name) {
+                return Err(CoreError::Invalid(format!(
+                    "trail {:?} is listed twice",
+                    t.name
+                )));
+            }
+            if let LogCompression::Gzip(level) = t.compression {
+                if !(1..=9).contains(&level) {
+                    return Err(CoreError::Invalid(format!(
+                        "trail {:?}: gzip level {level} is not 1 to 9",
+                        t.name
+                    )));
+                }
             }
         }
         mkdir(&cfg.spool_dir)?;
@@ -772,15 +968,17 @@ impl Spool {
         let mut dedup = Dedup::open(&cfg.spool_dir.join("dedup.ids"), cfg.dedup_capacity)?;
         let mut notes = Vec::new();
         let mut trails = Vec::new();
-        for name in &cfg.trails {
-            trails.push(Trail::open(&cfg.spool_dir, name, &mut dedup, &mut notes)?);
+        for spec in &cfg.trails {
+            trails.push(Trail::open(&cfg.spool_dir, spec, &mut dedup, &mut notes)?);
         }
+        let selectors = cfg.trails.iter().map(|t| t.selectors.clone()).collect();
         fsync_dir(&cfg.spool_dir)?;
         let compressor = segment::compressor(cfg.zstd_level)?;
         Ok(Spool {
             cfg,
             _lock: lock,
             trails,
+            selectors,
             dedup,
             compressor,
             notes,
@@ -878,12 +1076,15 @@ impl Spool {
         let mut seq = Sequencer {
             dedup: &mut self.dedup,
             trails: &self.trails,
+            home_region: &self.cfg.region,
             streams: Vec::new(),
             targets: Vec::new(),
             room,
             res: &mut res,
         };
-        stage_in_order(&lines, &contexts, |staged| seq.take(staged));
+        stage_in_order(&lines, &contexts, &self.selectors, |staged| {
+            seq.take(staged)
+        });
         let streams = seq.streams;
         drop(contexts);
 
@@ -1011,7 +1212,7 @@ impl Spool {
             .ok_or_else(|| {
                 CoreError::Invalid(format!(
                     "no trail {trail:?} in this spool (its trails are {:?})",
-                    self.cfg.trails
+                    self.cfg.trails.iter().map(|t| &t.name).collect::<Vec<_>>()
                 ))
             })
     }
@@ -1069,7 +1270,7 @@ impl Spool {
         let name = seg.meta.name();
         let path = t.sealed_dir.join(format!("{name}.log"));
         let manifest_path = t.sealed_dir.join(format!("{name}.json"));
-        let sealed = SealedFile {
+        let mut sealed = SealedFile {
             trail: t.name.clone(),
             account: seg.meta.account.clone(),
             region: seg.meta.region.clone(),
@@ -1087,9 +1288,17 @@ impl Spool {
             compressed_bytes: seg.compressed_bytes,
             uncompressed_bytes: seg.uncompressed_bytes,
         };
-        write_atomic(&manifest_path, &sealed.to_json())?;
-        std::fs::rename(&seg.data_path, &path)
-            .map_err(|e| CoreError::io("move sealed segment to", &path, e))?;
+        match t.compression {
+            LogCompression::Zstd => {
+                write_atomic(&manifest_path, &sealed.to_json())?;
+                std::fs::rename(&seg.data_path, &path)
+                    .map_err(|e| CoreError::io("move sealed segment to", &path, e))?;
+            }
+            LogCompression::Gzip(level) => {
+                finish_gzip(&seg, &t.open_dir, &path, &mut sealed, level)?;
+                remove(&seg.data_path)?;
+            }
+        }
         remove(&seg.meta_path)?;
         t.heads.insert(
             key,
@@ -1254,5 +1463,295 @@ mod tests {
         assert_eq!(accepted + duplicates + rejected, 1200 - 24);
         assert!(duplicates > 0);
         assert_eq!(sealed.iter().map(|s| s.2).sum::<u64>(), accepted);
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+    use crate::verify::{self, Compression};
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        TempDir(std::env::temp_dir().join(format!(
+            "trailseal-route-{tag}-{}-{nanos}",
+            std::process::id()
+        )))
+    }
+
+    const HOME: &str = "us-east-1";
+
+    fn spec(name: &str, selectors: &str, multi_region: bool, gzip: bool) -> TrailSpec {
+        TrailSpec {
+            name: name.into(),
+            selectors: Selectors::from_json(selectors).expect("valid selectors"),
+            multi_region,
+            compression: if gzip {
+                LogCompression::Gzip(6)
+            } else {
+                LogCompression::Zstd
+            },
+        }
+    }
+
+    fn trails() -> Vec<TrailSpec> {
+        vec![
+            spec("all", "{}", true, false),
+            spec(
+                "writes",
+                r#"{"advanced_event_selectors":[{"Name":"w","FieldSelectors":[
+                    {"Field":"eventCategory","Equals":["Management"]},
+                    {"Field":"readOnly","Equals":["false"]},
+                    {"Field":"eventSource","Equals":["ec2.amazonaws.com","iam.amazonaws.com"]}]}]}"#,
+                true,
+                true,
+            ),
+            spec(
+                "data",
+                r#"{"event_selectors":[{"ReadWriteType":"All","IncludeManagementEvents":false,
+                    "DataResources":[{"Type":"AWS::S3::Object","Values":["arn:aws:s3:::logs/in/"]}]}]}"#,
+                true,
+                false,
+            ),
+            spec("home", "{}", false, false),
+        ]
+    }
+
+    /// (eventID, line, trails that must hold it)
+    fn events() -> Vec<(&'static str, String, Vec<&'static str>)> {
+        let ev = |id: &str, extra: &str| {
+            format!(r#"{{"eventID":"{id}","eventTime":"2026-01-01T00:00:00Z"{extra}}}"#)
+        };
+        vec![
+            (
+                "run",
+                ev(
+                    "run",
+                    r#","eventName":"RunInstances","eventSource":"ec2.amazonaws.com""#,
+                ),
+                vec!["all", "writes", "home"],
+            ),
+            (
+                "describe",
+                ev(
+                    "describe",
+                    r#","eventName":"DescribeInstances","eventSource":"ec2.amazonaws.com""#,
+                ),
+                vec!["all", "home"],
+            ),
+            (
+                "s3-write",
+                ev(
+                    "s3-write",
+                    r#","eventName":"CreateBucket","eventSource":"s3.amazonaws.com""#,
+                ),
+                vec!["all", "home"],
+            ),
+            (
+                "iam-eu",
+                ev(
+                    "iam-eu",
+                    r#","eventName":"CreateUser","eventSource":"iam.amazonaws.com","awsRegion":"eu-west-1""#,
+                ),
+                vec!["all", "writes"],
+            ),
+            (
+                "put-in",
+                ev(
+                    "put-in",
+                    r#","eventName":"PutObject","eventSource":"s3.amazonaws.com","eventCategory":"Data","resources":[{"type":"AWS::S3::Bucket","ARN":"arn:aws:s3:::logs"},{"type":"AWS::S3::Object","ARN":"arn:aws:s3:::logs/in/a.txt"}]"#,
+                ),
+                vec!["data"],
+            ),
+            (
+                "put-out",
+                ev(
+                    "put-out",
+                    r#","eventName":"PutObject","eventSource":"s3.amazonaws.com","eventCategory":"Data","resources":[{"type":"AWS::S3::Object","ARN":"arn:aws:s3:::logs/out/a.txt"}]"#,
+                ),
+                vec![],
+            ),
+            (
+                "insight",
+                ev(
+                    "insight",
+                    r#","eventName":"RunInstances","eventSource":"ec2.amazonaws.com","eventCategory":"Insight","eventType":"AwsCloudTrailInsight""#,
+                ),
+                vec![],
+            ),
+        ]
+    }
+
+    fn process(spool: &mut Spool, lines: &[String]) -> BatchResult {
+        let mut data = lines.join("\n");
+        data.push('\n');
+        let part = Part {
+            end: data.len(),
+            peer: "unix:uid=1,pid=2".into(),
+            agent: None,
+            received_at_ms: 1_767_225_600_000,
+        };
+        let r = spool.process(data.as_bytes(), &[part]).expect("process");
+        spool.sync().expect("sync");
+        r
+    }
+
+    /// Seal every open segment; per trail, the eventIDs of its sealed files (each file checked).
+    fn seal_all(spool: &mut Spool) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for seg in spool.open_segments() {
+            let f = spool
+                .seal(&seg.trail, &seg.account, &seg.region, "key")
+                .expect("seal")
+                .expect("a segment");
+            out.entry(f.trail.clone())
+                .or_default()
+                .extend(check_sealed(&f));
+        }
+        out
+    }
+
+    fn check_sealed(f: &SealedFile) -> Vec<String> {
+        let data = std::fs::read(&f.path).expect("read sealed file");
+        let compression = if f.compression == "gzip" {
+            assert!(data.starts_with(&segment::GZIP_HEADER), "{}", f.trail);
+            Compression::Gzip
+        } else {
+            Compression::Zstd
+        };
+        assert_eq!(f.compressed_bytes, data.len() as u64);
+        let start = chain::from_hex(&f.chain_start).expect("hex");
+        let report = verify::verify_log(&data, compression, &start);
+        assert_eq!(report.problems, Vec::<String>::new(), "{}", f.trail);
+        assert_eq!(report.sha256, f.sha256);
+        assert_eq!(report.chain_end, f.chain_end);
+        report.event_ids
+    }
+
+    #[test]
+    fn each_event_goes_to_the_trails_that_select_it() {
+        let dir = temp("select");
+        let mut spool = Spool::open(SpoolConfig {
+            trails: trails(),
+            ..SpoolConfig::new(&dir.0, vec!["x".into()], "111122223333", HOME)
+        })
+        .expect("open");
+        let evs = events();
+        let lines: Vec<String> = evs.iter().map(|e| e.1.clone()).collect();
+        let r = process(&mut spool, &lines);
+        assert_eq!(r.errors, vec![]);
+        assert_eq!((r.accepted, r.unrouted, r.duplicates), (5, 2, 0));
+        // a resent event is a duplicate, whether or not a trail took it
+        let again = process(&mut spool, &lines[4..]);
+        assert_eq!(
+            (again.accepted, again.unrouted, again.duplicates),
+            (0, 0, 3)
+        );
+        let mut got = seal_all(&mut spool);
+        for name in ["all", "writes", "data", "home"] {
+            let mut want: Vec<&str> = evs
+                .iter()
+                .filter(|e| e.2.contains(&name))
+                .map(|e| e.0)
+                .collect();
+            want.sort_unstable();
+            let mut have = got.remove(name).unwrap_or_default();
+            have.sort_unstable();
+            assert_eq!(have, want, "trail {name}");
+        }
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn route_expands_the_mask_and_keeps_home_region_trails_home() {
+        let dir = temp("mask");
+        let spool = Spool::open(SpoolConfig {
+            trails: trails(),
+            ..SpoolConfig::new(&dir.0, vec!["x".into()], "111122223333", HOME)
+        })
+        .expect("open");
+        let meta = |region: &str, routes: u64| EventMeta {
+            event_id: "e".into(),
+            event_time: 0,
+            account: "111122223333".into(),
+            region: region.into(),
+            routes,
+        };
+        let mut out = Vec::new();
+        route(&spool.trails, HOME, &meta(HOME, 0b1011), &mut out);
+        assert_eq!(out, vec![0, 1, 3]);
+        route(&spool.trails, HOME, &meta("eu-west-1", 0b1011), &mut out);
+        assert_eq!(out, vec![0, 1]);
+        route(&spool.trails, HOME, &meta(HOME, u64::MAX), &mut out);
+        assert_eq!(out, vec![0, 1, 2, 3]);
+        route(&spool.trails, HOME, &meta(HOME, 0), &mut out);
+        assert!(out.is_empty());
+    }
+
+    /// A gzip seal cut short at each step is finished or undone at the next open: exactly one
+    /// sealed file with every event, and the chain goes on from it.
+    #[test]
+    fn gzip_seal_cut_short_recovers() {
+        for point in ["gzip-transcoded", "gzip-manifest", "gzip-moved"] {
+            let dir = temp(point);
+            let cfg = SpoolConfig {
+                trails: vec![spec("g", "{}", true, true)],
+                ..SpoolConfig::new(&dir.0, vec!["x".into()], "111122223333", HOME)
+            };
+            let line = |i: usize| {
+                format!(
+                    r#"{{"eventID":"{point}-{i}","eventName":"RunInstances","eventSource":"ec2.amazonaws.com","requestParameters":{{"pad":"{}"}}}}"#,
+                    "y".repeat(i * 7)
+                )
+            };
+            let mut spool = Spool::open(cfg.clone()).expect("open");
+            let lines: Vec<String> = (0..200).map(line).collect();
+            assert_eq!(process(&mut spool, &lines).accepted, 200);
+            CRASH_AT.with(|c| c.set(Some(point)));
+            spool
+                .seal("g", "111122223333", HOME, "key")
+                .expect_err("crashed");
+            drop(spool);
+
+            let mut spool = Spool::open(cfg.clone()).expect("reopen");
+            let mut ids: Vec<String> = Vec::new();
+            let mut sealed = spool.sealed_files("g").expect("sealed");
+            if point == "gzip-transcoded" {
+                // no manifest yet: the segment was reopened, whole
+                assert!(sealed.is_empty(), "{point}");
+                assert_eq!(spool.open_segments()[0].event_count, 200);
+                sealed.push(
+                    spool
+                        .seal("g", "111122223333", HOME, "key")
+                        .expect("seal")
+                        .expect("a segment"),
+                );
+            }
+            assert_eq!(sealed.len(), 1, "{point}");
+            assert_eq!(sealed[0].compression, "gzip");
+            ids.extend(check_sealed(&sealed[0]));
+            assert_eq!(ids.len(), 200, "{point}");
+            let leftovers: Vec<PathBuf> = list_dir(&dir.0.join("g/open")).expect("ls");
+            assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+            // resent: all duplicates; new events chain on from the sealed file
+            assert_eq!(process(&mut spool, &lines).duplicates, 200, "{point}");
+            process(&mut spool, &[line(1000)]);
+            let next = spool
+                .seal("g", "111122223333", HOME, "key")
+                .expect("seal")
+                .expect("a segment");
+            assert_eq!(next.chain_start, sealed[0].chain_end, "{point}");
+            check_sealed(&next);
+        }
     }
 }

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyType};
 
-use trailseal_core::spool::{self, Part, Spool, SpoolConfig};
+use trailseal_core::spool::{self, LogCompression, Part, Spool, SpoolConfig};
 use trailseal_core::{chain, verify, CoreError};
 
 static CORE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -47,6 +47,7 @@ fn core_err(e: CoreError) -> PyErr {
 #[pyclass(frozen, get_all, module = "trailseal._core")]
 struct BatchResult {
     accepted: u64,
+    unrouted: u64,
     duplicates: u64,
     rejected: u64,
     errors: Vec<(usize, u64, String, String)>,
@@ -59,8 +60,8 @@ struct BatchResult {
 impl BatchResult {
     fn __repr__(&self) -> String {
         format!(
-            "BatchResult(accepted={}, duplicates={}, rejected={}, lines={:?})",
-            self.accepted, self.duplicates, self.rejected, self.lines
+            "BatchResult(accepted={}, unrouted={}, duplicates={}, rejected={}, lines={:?})",
+            self.accepted, self.unrouted, self.duplicates, self.rejected, self.lines
         )
     }
 }
@@ -162,6 +163,89 @@ impl VerifyReport {
     }
 }
 
+/// One trail's settings for the spool (checked when made).
+#[pyclass(frozen, get_all, module = "trailseal._core")]
+struct TrailSpec {
+    name: String,
+    selectors_json: String,
+    multi_region: bool,
+    compression: String,
+    gzip_level: u32,
+}
+
+#[pymethods]
+impl TrailSpec {
+    #[new]
+    #[pyo3(signature = (name, *, selectors_json = "{}", multi_region = true,
+                        compression = "zstd", gzip_level = 6))]
+    fn new(
+        name: String,
+        selectors_json: &str,
+        multi_region: bool,
+        compression: &str,
+        gzip_level: u32,
+    ) -> PyResult<Self> {
+        let (selectors_json, compression) = (selectors_json.to_owned(), compression.to_owned());
+        selectors_from_json(&selectors_json)
+            .map_err(|e| PyValueError::new_err(format!("trail {name:?}: {e}")))?;
+        if compression != "zstd" && compression != "gzip" {
+            return Err(PyValueError::new_err(format!(
+                "trail {name:?}: compression {compression:?} is not \"zstd\" or \"gzip\""
+            )));
+        }
+        if !(1..=9).contains(&gzip_level) {
+            return Err(PyValueError::new_err(format!(
+                "trail {name:?}: gzip_level {gzip_level} is not 1 to 9"
+            )));
+        }
+        Ok(TrailSpec {
+            name,
+            selectors_json,
+            multi_region,
+            compression,
+            gzip_level,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "TrailSpec({:?}, selectors_json={:?}, multi_region={}, compression={:?}, gzip_level={})",
+            self.name,
+            self.selectors_json,
+            if self.multi_region { "True" } else { "False" },
+            self.compression,
+            self.gzip_level
+        )
+    }
+}
+
+/// A trail as `Core` takes it: a name (default settings) or a `TrailSpec`.
+#[derive(FromPyObject)]
+enum TrailArg {
+    Name(String),
+    Spec(Py<TrailSpec>),
+}
+
+impl TrailArg {
+    fn into_spec(self) -> PyResult<spool::TrailSpec> {
+        let t = match self {
+            TrailArg::Name(name) => return Ok(spool::TrailSpec::new(name)),
+            TrailArg::Spec(t) => t,
+        };
+        let t = t.get();
+        Ok(spool::TrailSpec {
+            name: t.name.clone(),
+            selectors: selectors_from_json(&t.selectors_json)?,
+            multi_region: t.multi_region,
+            compression: if t.compression == "gzip" {
+                LogCompression::Gzip(t.gzip_level)
+            } else {
+                LogCompression::Zstd
+            },
+        })
+    }
+}
+
 #[pyclass(frozen, module = "trailseal._core")]
 struct Core {
     spool: Mutex<Spool>,
@@ -186,7 +270,7 @@ impl Core {
     fn new(
         py: Python<'_>,
         spool_dir: String,
-        trails: Vec<String>,
+        trails: Vec<TrailArg>,
         account_id: String,
         region: String,
         max_event_bytes: usize,
@@ -194,6 +278,10 @@ impl Core {
         dedup_capacity: usize,
         zstd_level: i32,
     ) -> PyResult<Self> {
+        let trails = trails
+            .into_iter()
+            .map(TrailArg::into_spec)
+            .collect::<PyResult<Vec<_>>>()?;
         let cfg = SpoolConfig {
             spool_dir: spool_dir.into(),
             trails,
@@ -234,6 +322,7 @@ impl Core {
             .map_err(core_err)?;
         Ok(BatchResult {
             accepted: r.accepted,
+            unrouted: r.unrouted,
             duplicates: r.duplicates,
             rejected: r.rejected,
             errors: r
@@ -363,6 +452,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CoreError", core_error_type(m.py())?)?;
     m.add_class::<Core>()?;
+    m.add_class::<TrailSpec>()?;
     m.add_class::<BatchResult>()?;
     m.add_class::<OpenSegment>()?;
     m.add_class::<SealedFile>()?;
