@@ -249,6 +249,9 @@ impl TrailArg {
 #[pyclass(frozen, module = "trailseal._core")]
 struct Core {
     spool: Mutex<Spool>,
+    /// Held by `sync` while it fsyncs outside `spool`: syncs run one at a time, in order, so a
+    /// returning `sync` means everything written before it began is durable.
+    syncing: Mutex<()>,
 }
 
 impl Core {
@@ -295,6 +298,7 @@ impl Core {
         let spool = py.detach(|| Spool::open(cfg)).map_err(core_err)?;
         Ok(Core {
             spool: Mutex::new(spool),
+            syncing: Mutex::new(()),
         })
     }
 
@@ -336,8 +340,24 @@ impl Core {
         })
     }
 
+    /// Collect what to fsync under the spool's lock, then fsync without it: a `process` of the
+    /// next batch may run meanwhile (the daemon overlaps the two).
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.lock()?.sync()).map_err(core_err)
+        py.detach(|| {
+            let _order = self.syncing.lock().map_err(|_| {
+                CoreError::Invalid(
+                    "the core stopped after a panic in another thread; open it again to recover"
+                        .into(),
+                )
+            })?;
+            let pending = self.lock()?.prepare_sync()?;
+            pending.run().inspect_err(|e| {
+                if let Ok(mut spool) = self.lock() {
+                    spool.sync_failed(e);
+                }
+            })
+        })
+        .map_err(core_err)
     }
 
     fn open_segments(&self) -> PyResult<Vec<OpenSegment>> {
