@@ -315,6 +315,7 @@ def test_s3_stopped_then_killed_under_load(
     wait_until(lambda: wave.load.progress() >= wave.load.total // 2, timeout=CLIENT_DEADLINE_SECS)
     server.pause()
     stopped_at = time.monotonic()
+    assert not wave.load.done(), "the wave was over before S3 stopped: not under load"
     wave.join(d)  # every event acknowledged while S3 is stopped
     wait_until(lambda: backlog.files() > 0, timeout=30, what="a backlog while S3 is stopped")
     time.sleep(max(0.0, STOPPED_SECS - (time.monotonic() - stopped_at)))
@@ -325,6 +326,7 @@ def test_s3_stopped_then_killed_under_load(
     wait_until(lambda: wave.load.progress() >= wave.load.total // 3, timeout=CLIENT_DEADLINE_SECS)
     server.kill()
     killed_at = time.monotonic()
+    assert not wave.load.done(), "the wave was over before S3 was killed: not under load"
     wave.join(d)  # and while it is gone
     wait_until(
         lambda: "failed (attempt" in d.stderr() and "retrying in" in d.stderr(),
@@ -428,14 +430,15 @@ def test_lost_put_responses_duplicate_nothing(daemon: Any, s3: S3Server, tmp_pat
             daemon_section={"shutdown_timeout_secs": 120},
             env=s3.env(),
         )
-        wave = Wave.start(d, 2000, seed=7100)
+        wave = Wave.start(d, 2500, seed=7100)
         wave.join(d)
         assert d.stop(timeout=150) == 0, d.stderr()[-5000:]
     finally:
         proxy.stop()
     assert proxy.errors == [], proxy.errors
     # the proxy really withheld answers, log files' among them: the test is not vacuous
+    # (seed 31 withholds PUTs number 0, 5, 12, 13 and 24, whatever they carry)
     dropped_logs = [p for p in proxy.dropped_paths if p.split("?")[0].endswith(".json.zst")]
-    assert proxy.dropped >= 5 and dropped_logs, (proxy.puts, proxy.dropped_paths)
-    assert proxy.puts >= 50, proxy.puts
+    assert proxy.puts >= 25 and proxy.dropped >= 5, (proxy.puts, proxy.dropped_paths)
+    assert dropped_logs, proxy.dropped_paths
     check_everything(d, s3, bucket, [wave], tmp_path / "mirror")
