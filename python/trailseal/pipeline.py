@@ -3,17 +3,21 @@ sealer (sealing policy), plus the per-connection state they settle lines on.
 
 - Listeners put :class:`Submission` (a chunk of whole lines, or an oversized-line error) into
   one bounded channel; when it is full they stop reading (backpressure).
-- The batcher takes one submission (blocking), then everything already waiting up to
-  :data:`BATCH_MAX_BYTES` / :data:`BATCH_MAX_CHUNKS`, and in ONE worker-thread call runs
-  ``Core.process`` then ``Core.sync`` (and reads ``Core.open_segments`` for the sealer, so the
-  sealing check after a batch costs no second thread hop). While that thread works, connections
-  keep filling the channel, so the next fsync serves all of them (group commit). Then each
-  connection gets its errors and its new ack (:meth:`Connection.settle`), never blocking the
-  batcher.
+- The batcher is two stages joined by a channel of :data:`SYNC_QUEUE` batches. Stage 1 takes
+  one submission (blocking), then everything already waiting up to :data:`BATCH_MAX_BYTES` /
+  :data:`BATCH_MAX_CHUNKS`, and in ONE worker-thread call runs ``Core.process`` (and reads
+  ``Core.open_segments`` for the sealer, so the sealing check after a batch costs no second
+  thread hop). Stage 2 takes the processed batches in order, runs ``Core.sync`` (which fsyncs
+  without holding the Core, so stage 1's next ``process`` overlaps it), and only then settles
+  each connection: its errors, then its new ack (:meth:`Connection.settle`, never blocking).
+  While the threads work, connections keep filling the channel, so the next fsync serves all
+  of them (group commit); an ack is always sent after the fsync that covers it, in order.
 - The sealer seals open segments that reached ``seal_after_bytes`` or ``seal_after_secs``
   (after each batch and on a 1 s timer; all of them at shutdown) and hands each
   ``SealedFile`` to its trail's uploader channel.
-- Every call into the Core goes through one ``CapacityLimiter(1)``: the Core is not re-entrant.
+- Every call into the Core but ``sync`` goes through one ``CapacityLimiter(1)`` (the Core
+  serializes them anyway; the limiter keeps trio's thread pool from queueing behind it);
+  ``sync`` has its own, it holds the Core only while collecting what to fsync.
 - Python never loops over events here: only over chunks and over rejected lines.
 """
 
@@ -42,6 +46,8 @@ BATCH_MAX_CHUNKS = 4096
 REPLY_HIGH_WATER_BYTES = 1024 * 1024
 """A connection whose unsent replies exceed this stops being read until its client reads."""
 SEAL_CHECK_SECS = 1.0
+SYNC_QUEUE = 1
+"""Processed batches waiting for stage 2 (sync + settle) besides the one it is syncing."""
 
 T = TypeVar("T")
 
@@ -165,18 +171,32 @@ class PipelineStats:
 
 
 class CoreRunner:
-    """Runs Core calls in a worker thread, one at a time (the Core is not re-entrant)."""
+    """Runs Core calls in worker threads: one at a time, except ``sync`` beside them."""
 
     def __init__(self, core: _core.Core) -> None:
         self.core = core
         self.limiter = trio.CapacityLimiter(1)
+        self.sync_limiter = trio.CapacityLimiter(1)
 
     async def call(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self.limiter)
 
+    async def sync(self) -> None:
+        """``Core.sync``: may overlap the ``process`` of the next batch."""
+        await trio.to_thread.run_sync(self.core.sync, limiter=self.sync_limiter)
+
 
 # ---------------------------------------------------------------------------------------------
 # Batcher
+
+
+@dataclass(slots=True)
+class Processed:
+    """A batch after ``Core.process``, waiting for its fsync and settlement."""
+
+    batch: list[Submission]
+    result: _core.BatchResult | None
+    """None: the batch held no chunk (only oversized-line errors), nothing to fsync."""
 
 
 async def run_batcher(
@@ -187,29 +207,46 @@ async def run_batcher(
     stats: PipelineStats | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Group-commit batches until ``submissions`` is closed and drained."""
+    """Group-commit batches until ``submissions`` is closed and drained and every batch is
+    synced and settled."""
     stats = stats if stats is not None else PipelineStats()
-    task_status.started()
-    async with submissions:
-        while True:
-            try:
-                first = await submissions.receive()
-            except trio.EndOfChannel:
-                return
-            if sealer is not None:
-                await sealer.wait_spool_room()
-            batch = [first]
-            size = _size(first)
-            while len(batch) < BATCH_MAX_CHUNKS and size < BATCH_MAX_BYTES:
+    to_sync, processed = trio.open_memory_channel[Processed](SYNC_QUEUE)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_sync_and_settle, runner, processed, stats)
+        task_status.started()
+        async with to_sync, submissions:
+            while True:
                 try:
-                    more = submissions.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                batch.append(more)
-                size += _size(more)
-            segments = await process_batch(runner, batch, stats)
-            if sealer is not None:
-                await sealer.check(segments=segments)
+                    first = await submissions.receive()
+                except trio.EndOfChannel:
+                    return
+                if sealer is not None:
+                    await sealer.wait_spool_room()
+                batch = [first]
+                size = _size(first)
+                while len(batch) < BATCH_MAX_CHUNKS and size < BATCH_MAX_BYTES:
+                    try:
+                        more = submissions.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(more)
+                    size += _size(more)
+                done, segments = await process_batch(runner, batch, stats)
+                await to_sync.send(done)
+                if sealer is not None:
+                    await sealer.check(segments=segments)
+
+
+async def _sync_and_settle(
+    runner: CoreRunner, processed: trio.MemoryReceiveChannel[Processed], stats: PipelineStats
+) -> None:
+    """Stage 2: in order, fsync what each batch wrote, then settle its connections."""
+    async with processed:
+        async for done in processed:
+            if done.result is not None:
+                await runner.sync()
+                metrics.FSYNCS.inc()
+            settle_batch(done, stats)
 
 
 def _size(sub: Submission) -> int:
@@ -218,55 +255,51 @@ def _size(sub: Submission) -> int:
 
 async def process_batch(
     runner: CoreRunner, batch: list[Submission], stats: PipelineStats
-) -> list[_core.OpenSegment] | None:
-    """Process, fsync, then settle every connection in the batch (errors before acks). Returns
-    the open segments as of right after the batch (None when it held no chunk)."""
-    chunks = [sub for sub in batch if isinstance(sub.item, Chunk)]
-    result: _core.BatchResult | None = None
-    segments: list[_core.OpenSegment] | None = None
-    if chunks:
-        pieces: list[bytes] = []
-        parts: list[tuple[int, str, str | None, int]] = []
-        end = 0
-        for sub in chunks:
-            assert isinstance(sub.item, Chunk)
-            pieces.append(sub.item.data)
+) -> tuple[Processed, list[_core.OpenSegment] | None]:
+    """Stage 1: ``Core.process`` the batch's chunks (not yet durable). Returns it for
+    :func:`settle_batch` after ``Core.sync``, and the open segments as of right after the batch
+    (None when it held no chunk)."""
+    chunks = [sub.item for sub in batch if isinstance(sub.item, Chunk)]
+    if not chunks:
+        return Processed(batch, None), None
+    parts: list[tuple[int, str, str | None, int]] = []
+    end = 0
+    for sub in batch:
+        if isinstance(sub.item, Chunk):
             end += len(sub.item.data)
             parts.append((end, sub.connection.peer, sub.connection.agent, sub.received_ms))
-        data = b"".join(pieces)
-        core = runner.core
+    data = b"".join([chunk.data for chunk in chunks])
+    core = runner.core
 
-        def work() -> tuple[_core.BatchResult, list[_core.OpenSegment]]:
-            res = core.process(data, parts)
-            core.sync()
-            return res, core.open_segments()
+    def work() -> tuple[_core.BatchResult, list[_core.OpenSegment]]:
+        return core.process(data, parts), core.open_segments()
 
-        done, segments = await runner.call(work)
-        result = done
-        stats.batches += 1
-        stats.accepted += done.accepted
-        stats.duplicates += done.duplicates
-        stats.rejected += done.rejected
-        metrics.BATCHES.inc()
-        metrics.FSYNCS.inc()
-        metrics.INPUT_BYTES.inc(len(data))
-        metrics.EVENTS_ACCEPTED.inc(done.accepted)
-        metrics.EVENTS_DUPLICATE.inc(done.duplicates)
+    result, segments = await runner.call(work)
+    stats.batches += 1
+    stats.accepted += result.accepted
+    stats.duplicates += result.duplicates
+    stats.rejected += result.rejected
+    metrics.BATCHES.inc()
+    metrics.INPUT_BYTES.inc(len(data))
+    metrics.EVENTS_ACCEPTED.inc(result.accepted)
+    metrics.EVENTS_DUPLICATE.inc(result.duplicates)
+    if result.lines != [chunk.lines for chunk in chunks]:
+        stats.line_count_mismatches += 1
+        log.warning("the core counted lines differently from the framer: acks may be off")
+    return Processed(batch, result), segments
 
-    # Errors of each part, in input order.
+
+def settle_batch(done: Processed, stats: PipelineStats) -> None:
+    """After the fsync covering ``done``: settle each connection once, its error replies in
+    input order, then the highest line settled."""
     part_errors: dict[int, list[tuple[int, str, str]]] = {}
-    if result is not None:
-        for part, rel, code, message in result.errors:
+    if done.result is not None:
+        for part, rel, code, message in done.result.errors:
             part_errors.setdefault(part, []).append((rel, code, message))
             metrics.EVENTS_REJECTED.labels(code=code).inc()  # per rejected line, not per event
-        if result.lines != [sub.item.lines for sub in chunks if isinstance(sub.item, Chunk)]:
-            stats.line_count_mismatches += 1
-            log.warning("the core counted lines differently from the framer: acks may be off")
-
-    # Settle each connection once: its error replies in order, then the highest line settled.
     settled: dict[int, tuple[Connection, int, list[bytes]]] = {}
     part = 0
-    for sub in batch:
+    for sub in done.batch:
         conn = sub.connection
         entry = settled.setdefault(id(conn), (conn, 0, []))
         replies = entry[2]
@@ -284,7 +317,6 @@ async def process_batch(
         settled[id(conn)] = (conn, max(entry[1], upto), replies)
     for conn, upto, replies in settled.values():
         conn.settle(upto, replies)
-    return segments
 
 
 # ---------------------------------------------------------------------------------------------
