@@ -206,7 +206,7 @@ def test_missing_file(clean_env: Path) -> None:
         ),
         ("[trails.t1]\nseal_after_bytes = 0\n", "[trails.t1] seal_after_bytes: 0 is too small"),
         ('[trails.t1]\ncompression = "lz4"\n', "[trails.t1] compression: 'lz4' is not one of"),
-        ('[trails.t1]\ncompression = "gzip"\n', "'gzip': gzip log files are not implemented yet"),
+        ("[trails.t1]\ngzip_level = 10\n", "[trails.t1] gzip_level: 10 is not a deflate level"),
         (
             '[trails.t1]\ndestination = "s3://b/p"\n',
             "[trails.t1] destination: 's3://b/p': 'b' is not an S3 bucket name",

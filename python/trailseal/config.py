@@ -71,11 +71,16 @@ class TrailConfig:
     s3_multipart_threshold_bytes: int = 67108864
     """Log files larger than this go up as a multipart upload (per-part SHA-256 checksums)."""
     compression: str = "zstd"
+    """"zstd" or "gzip": how the trail's log files are compressed."""
+    gzip_level: int = 6
+    """Deflate level (1-9) of a gzip trail's log files."""
     seal_after_bytes: int = 67108864
     seal_after_secs: float = 300.0
     digest_interval_secs: float = 3600.0
     multi_region: bool = True
+    """False: the trail takes only events whose awsRegion is the daemon's home ``region``."""
     organization_id: str = ""
+    """``o-…``: keys carry it after ``AWSLogs/``; streams and digests stay per account."""
     sse: str = ""
     kms_key_id: str = ""
     object_lock_mode: str = ""
@@ -410,11 +415,7 @@ def _load_api(s: _Section, where: str) -> ApiConfig:
     return ApiConfig(listen=listen, access_keys=access_keys)
 
 
-_NOT_YET = "not implemented yet"
-_COMPRESSIONS: dict[str, str | None] = {
-    "zstd": None,
-    "gzip": f'gzip log files are {_NOT_YET} in the core; use "zstd"',
-}
+_COMPRESSIONS: dict[str, str | None] = {"zstd": None, "gzip": None}
 
 
 def _load_trail(s: _Section, name: str, daemon: DaemonConfig) -> TrailConfig:
@@ -440,6 +441,7 @@ def _load_trail(s: _Section, name: str, daemon: DaemonConfig) -> TrailConfig:
             "s3_multipart_threshold_bytes", 67108864, minimum=5 * 1024 * 1024
         ),
         "compression": s.choice("compression", "zstd", _COMPRESSIONS),
+        "gzip_level": s.integer("gzip_level", 6, minimum=1),
         "seal_after_bytes": s.integer("seal_after_bytes", 67108864, minimum=1),
         "seal_after_secs": s.seconds("seal_after_secs", 300.0, minimum=0, inclusive=False),
         "digest_interval_secs": s.seconds(
@@ -455,6 +457,8 @@ def _load_trail(s: _Section, name: str, daemon: DaemonConfig) -> TrailConfig:
         "object_lock_days": s.integer("object_lock_days", 0, minimum=0),
         "retention_days": s.integer("retention_days", 0, minimum=0),
     }
+    if values["gzip_level"] > 9:
+        raise s.error("gzip_level", f"{values['gzip_level']} is not a deflate level 1 to 9")
     org = values["organization_id"]
     if org and not _ORG_RE.fullmatch(org):
         raise s.error("organization_id", f"{org!r} is not an organization id like o-abcdefghij")

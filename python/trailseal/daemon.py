@@ -182,7 +182,16 @@ def _prepare(config: Config) -> _Prepared:
     try:
         core = _core.Core(
             str(data_dir / "spool"),
-            list(config.trails),
+            [
+                _core.TrailSpec(
+                    name,
+                    selectors_json=trail.selectors_json,
+                    multi_region=trail.multi_region,
+                    compression=trail.compression,
+                    gzip_level=trail.gzip_level,
+                )
+                for name, trail in config.trails.items()
+            ],
             account_id=config.daemon.account_id,
             region=config.daemon.region,
             max_event_bytes=config.ingest.max_event_bytes,
@@ -309,10 +318,11 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                 )
                 for name, trail in config.trails.items()
             ]
-            digest_scope = trio.CancelScope()
+            # one scope per writer: a CancelScope may be entered only once
+            digest_scopes = [trio.CancelScope() for _ in writers]
             async with trio.open_nursery() as digests:
-                for writer in writers:
-                    await digests.start(_cancellable, digest_scope, writer.run)
+                for writer, scope in zip(writers, digest_scopes, strict=True):
+                    await digests.start(_cancellable, scope, writer.run)
 
                 uploads: dict[str, trio.MemorySendChannel[_core.SealedFile]] = {}
                 async with trio.open_nursery() as delivery:
@@ -381,7 +391,8 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                     for send in uploads.values():
                         await send.aclose()
                 # the uploaders delivered everything
-                digest_scope.cancel()
+                for scope in digest_scopes:
+                    scope.cancel()
             for writer in writers:
                 await writer.write_final()
             for scope in side:  # api, notifiers, retention
