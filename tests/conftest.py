@@ -17,10 +17,11 @@ dir's ``data``, account ``123456789012``, region ``test-1``; ``[ingest] unix_soc
 ``[api] listen = ""``; one trail ``default`` delivering to ``file://<tmp>/bucket`` with
 ``digest_interval_secs = 3600`` (so digests appear only at shutdown). Keyword arguments merge
 into those sections: ``daemon_section={...}``, ``ingest={...}``, ``trail={...}``, ``api={...}``;
-``tokens={name: token}`` adds ``[ingest.tokens]``; ``data_dir=`` reuses a data dir (restart
-after a crash: ``d2 = daemon(data_dir=d.data_dir)``); ``wait=False`` returns without waiting
-for the socket. Starting waits (with a deadline) until the socket accepts, failing with the
-daemon's stderr if it exits first.
+``tokens={name: token}`` adds ``[ingest.tokens]``; ``trails={name: {...}}`` writes those
+``[trails.<name>]`` tables instead of ``default`` (``trail=`` is then ignored); ``data_dir=``
+reuses a data dir (restart after a crash: ``d2 = daemon(data_dir=d.data_dir)``); ``wait=False``
+returns without waiting for the socket. Starting waits (with a deadline) until the socket
+accepts, failing with the daemon's stderr if it exits first.
 
 ``DaemonProcess`` gives: ``proc``, ``pid``, ``config_path``, ``data_dir``, ``bucket`` (the
 destination dir), ``unix_socket``, ``tcp`` ((host, port)), ``connect_unix()``,
@@ -73,6 +74,10 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, str | Path):
         return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML in tests")
 
 
@@ -172,6 +177,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         daemon_section: dict[str, Any] | None = None,
         ingest: dict[str, Any] | None = None,
         trail: dict[str, Any] | None = None,
+        trails: dict[str, dict[str, Any]] | None = None,
         tokens: dict[str, str] | None = None,
         api: dict[str, Any] | None = None,
         data_dir: Path | None = None,
@@ -208,7 +214,10 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
             + _toml_section("ingest", ingest_values)
             + (_toml_section("ingest.tokens", dict(tokens)) if tokens else "")
             + _toml_section("api", {"listen": "", **(api or {})})
-            + _toml_section("trails.default", trail_values)
+            + "".join(
+                _toml_section(f"trails.{name}", values)
+                for name, values in (trails or {"default": trail_values}).items()
+            )
         )
         config_path = work / "trailseal.toml"
         config_path.write_text(text)
