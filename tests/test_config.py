@@ -47,6 +47,7 @@ def test_defaults_without_file(clean_env: Path) -> None:
     assert cfg.daemon.account_id == "000000000000"
     assert cfg.daemon.region == "local-1"
     assert cfg.daemon.host_id
+    assert cfg.daemon.zstd_level == 1
     assert cfg.ingest.unix_socket == data_dir / "ingest.sock"
     assert cfg.ingest.unix_socket_mode == 0o660
     assert cfg.ingest.tcp_listen == ("127.0.0.1", 7707)
@@ -207,6 +208,8 @@ def test_missing_file(clean_env: Path) -> None:
         ("[trails.t1]\nseal_after_bytes = 0\n", "[trails.t1] seal_after_bytes: 0 is too small"),
         ('[trails.t1]\ncompression = "lz4"\n', "[trails.t1] compression: 'lz4' is not one of"),
         ("[trails.t1]\ngzip_level = 10\n", "[trails.t1] gzip_level: 10 is not a deflate level"),
+        ("[daemon]\nzstd_level = 20\n", "[daemon] zstd_level: 20 is not a zstd level 1 to 19"),
+        ("[daemon]\nzstd_level = 0\n", "[daemon] zstd_level: 0 is too small"),
         (
             '[trails.t1]\ndestination = "s3://b/p"\n',
             "[trails.t1] destination: 's3://b/p': 'b' is not an S3 bucket name",

@@ -34,6 +34,8 @@ class DaemonConfig:
     host_id: str = ""
     shutdown_timeout_secs: float = 30.0
     """Upper bound on a graceful shutdown (final acks, sealing, delivery, final digests)."""
+    zstd_level: int = 1
+    """zstd level (1-19) of zstd log files; 1 was faster and smaller than 3 (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,9 @@ def _load_daemon(s: _Section) -> DaemonConfig:
     if "/" in host_id or not host_id.isprintable():
         raise s.error("host_id", f"{host_id!r} must not contain '/' or control characters")
     timeout = s.seconds("shutdown_timeout_secs", 30.0, minimum=0, inclusive=False)
+    zstd_level = s.integer("zstd_level", 1, minimum=1)
+    if zstd_level > 19:
+        raise s.error("zstd_level", f"{zstd_level} is not a zstd level 1 to 19")
     s.check_unknown()
     return DaemonConfig(
         data_dir=data_dir,
@@ -353,6 +358,7 @@ def _load_daemon(s: _Section) -> DaemonConfig:
         region=region,
         host_id=host_id,
         shutdown_timeout_secs=timeout,
+        zstd_level=zstd_level,
     )
 
 

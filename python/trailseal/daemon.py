@@ -197,6 +197,7 @@ def _prepare(config: Config) -> _Prepared:
             max_event_bytes=config.ingest.max_event_bytes,
             add_receipt=config.ingest.add_receipt,
             dedup_capacity=config.ingest.dedup_window,
+            zstd_level=config.daemon.zstd_level,
         )
     except Exception as exc:
         raise StartupError(f"cannot open the spool in {data_dir / 'spool'}: {exc}") from None
