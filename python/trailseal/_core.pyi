@@ -171,7 +171,9 @@ class Core:
 
     def sync(self) -> None:
         """fsync every segment (and directory) written since the last sync. After it returns, every
-        event accepted by earlier ``process`` calls survives a crash. Releases the GIL."""
+        event accepted by ``process`` calls that returned before it began survives a crash.
+        Releases the GIL; holds the Core only while collecting what to fsync, so a ``process``
+        in another thread may run during the fsync (syncs themselves run one at a time)."""
 
     def open_segments(self) -> list[OpenSegment]:
         """The open, non-empty segments."""
