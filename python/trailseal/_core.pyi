@@ -146,7 +146,7 @@ class Core:
         max_event_bytes: int = 262144,
         add_receipt: bool = True,
         dedup_capacity: int = 1_000_000,
-        zstd_level: int = 3,
+        zstd_level: int = 1,
     ) -> Self:
         """Open (creating if needed) the spool, recover every open segment (torn tail truncated
         to the last whole frame, chain head recomputed) and load the dedup journal. A segment

@@ -268,7 +268,7 @@ impl Core {
 impl Core {
     #[new]
     #[pyo3(signature = (spool_dir, trails, *, account_id, region, max_event_bytes = 262_144,
-                        add_receipt = true, dedup_capacity = 1_000_000, zstd_level = 3))]
+                        add_receipt = true, dedup_capacity = 1_000_000, zstd_level = 1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
