@@ -22,11 +22,24 @@
 Throughput is counted from the first byte sent to the last ack (daemon start-up and shutdown are
 not in it). The load generator runs on the same machine and takes some of its CPU.
 ``--naive`` runs only the in-process baselines (no daemon).
+
+``--trails three-s3`` (issue 3's acceptance scenario) runs the daemon twice on the same events,
+one fifth of them turned into S3 data events under ``arn:aws:s3:::bench-data/``: first with one
+``file://`` trail that logs every event (management and those data events), then with three
+trails — all management events → S3 (zstd); write-only management events of ec2 and iam → S3
+gzip with SSE AES256 and Object Lock COMPLIANCE; the data events → ``file://`` — delivering to a
+SeaweedFS (``tests/s3server.py``) started here on free 127.0.0.1 ports. It reports both runs'
+events/s, their ratio (``three_over_one``; issue 3's target is ≥ 0.75) and, per run, the seconds
+from the last ack to the daemon's exit after SIGTERM (``drain_s``: every segment sealed and
+every log file delivered). ``--write-trail-compression zstd`` makes the second trail zstd (to
+measure what the gzip transcode costs), ``--seal-after-bytes`` seals sooner.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import importlib.util
 import math
 import os
 import resource
@@ -39,10 +52,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -55,6 +69,10 @@ WINDOW_BYTES = 8 * 1024 * 1024
 CORE_BATCH_BYTES = 4 * 1024 * 1024
 ACCOUNT_ID = "111122223333"
 REGION = "us-east-1"
+DATA_BUCKET_ARN = "arn:aws:s3:::bench-data"
+DATA_EVERY = 5
+"""``--trails three-s3``: every DATA_EVERY-th event becomes an S3 data event."""
+WRITE_SOURCES = ("ec2.amazonaws.com", "iam.amazonaws.com")
 
 
 class LoadError(Exception):
@@ -300,10 +318,39 @@ def free_tcp_port() -> int:
         return port
 
 
-def write_config(root: Path, *, tcp_port: int) -> Path:
-    """The benchmark's config: FORMATS.md §9 defaults except the paths, ports and the API."""
+def toml_value(value: object) -> str:
+    """``value`` as a TOML value (inline tables and arrays; strings in JSON's escapes, which TOML
+    basic strings share)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def trails_toml(trails: Mapping[str, Mapping[str, object]]) -> str:
+    """``[trails.<name>]`` tables from ``{name: {key: value}}``."""
+    return "".join(
+        f"\n[trails.{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items())
+        for name, keys in trails.items()
+    )
+
+
+def write_config(
+    root: Path, *, tcp_port: int, trails: Mapping[str, Mapping[str, object]] | None = None
+) -> Path:
+    """The benchmark's config: FORMATS.md §9 defaults except the paths, ports and the API;
+    ``trails`` (default: one ``file://`` trail "default" delivering to ``root/bucket``)."""
     data_dir = root / "data"
     config = root / "trailseal.toml"
+    if trails is None:
+        trails = {"default": {"destination": f"file://{root / 'bucket'}"}}
     config.write_text(
         f"""\
 [daemon]
@@ -311,6 +358,7 @@ data_dir = "{data_dir}"
 account_id = "{ACCOUNT_ID}"
 region = "{REGION}"
 host_id = "bench"
+shutdown_timeout_secs = 600
 
 [ingest]
 unix_socket = "{root / "ingest.sock"}"
@@ -318,10 +366,8 @@ tcp_listen = "127.0.0.1:{tcp_port}"
 
 [api]
 listen = ""
-
-[trails.default]
-destination = "file://{root / "bucket"}"
 """
+        + trails_toml(trails)
     )
     return config
 
@@ -358,10 +404,17 @@ class Daemon:
     """``trailseal serve --config FILE`` as a subprocess, its stderr in ``root/daemon.log``."""
 
     def __init__(
-        self, root: Path, *, cores: int, tcp_port: int, command: Sequence[str] | None = None
+        self,
+        root: Path,
+        *,
+        cores: int,
+        tcp_port: int,
+        command: Sequence[str] | None = None,
+        trails: Mapping[str, Mapping[str, object]] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
-        self.config = write_config(root, tcp_port=tcp_port)
+        self.config = write_config(root, tcp_port=tcp_port, trails=trails)
         self.unix_socket = root / "ingest.sock"
         self.tcp = ("127.0.0.1", tcp_port)
         self.bucket = root / "bucket"
@@ -370,7 +423,12 @@ class Daemon:
         if cores == 1:
             command = ["taskset", "-c", "0", *command]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**env},
+        )
         self.peak_rss_kib = 0
         self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
         self._sampler.start()
@@ -445,9 +503,16 @@ class Daemon:
 
 @contextmanager
 def running_daemon(
-    root: Path, *, cores: int, command: Sequence[str] | None = None
+    root: Path,
+    *,
+    cores: int,
+    command: Sequence[str] | None = None,
+    trails: Mapping[str, Mapping[str, object]] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Daemon]:
-    daemon = Daemon(root, cores=cores, tcp_port=free_tcp_port(), command=command)
+    daemon = Daemon(
+        root, cores=cores, tcp_port=free_tcp_port(), command=command, trails=trails, env=env
+    )
     try:
         daemon.wait_ready()
         yield daemon
@@ -461,25 +526,71 @@ def running_daemon(
 
 @dataclass
 class Delivered:
-    files: int
-    events: int
-    compressed_bytes: int
-    uncompressed_bytes: int
+    files: int = 0
+    events: int = 0
+    compressed_bytes: int = 0
+    uncompressed_bytes: int = 0
+
+    def add(self, compressed: int, content: Iterator[bytes]) -> None:
+        """One log file: its size and its decompressed content in blocks."""
+        self.files += 1
+        self.compressed_bytes += compressed
+        newlines = 0
+        for block in content:
+            self.uncompressed_bytes += len(block)
+            newlines += block.count(b"\n")
+        self.events += newlines - 2  # the '{"Records":[' and ']}' lines
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "compression_ratio": (
+                round(self.uncompressed_bytes / self.compressed_bytes, 2)
+                if self.compressed_bytes
+                else None
+            ),
+            "delivered_files": self.files,
+            "delivered_events": self.events,
+        }
+
+
+def _blocks(reader: Any) -> Iterator[bytes]:
+    while block := reader.read(1 << 20):
+        yield block
+
+
+def _decompressed(name: str, raw: Any) -> Iterator[bytes]:
+    """The content of the log file ``name`` (``.json.zst``: every frame; ``.json.gz``)."""
+    if name.endswith(".json.zst"):
+        with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as r:
+            yield from _blocks(r)
+    else:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as r:
+            yield from _blocks(r)
+
+
+def is_log_key(key: str) -> bool:
+    """A delivered log file (not a digest file, a public key or a ``.metadata.json``)."""
+    return "/CloudTrail/" in key and key.endswith((".json.zst", ".json.gz"))
 
 
 def read_delivered(bucket: Path) -> Delivered:
-    """Decompress every delivered ``.json.zst`` log file (all frames) and count its events."""
-    result = Delivered(0, 0, 0, 0)
-    decompressor = zstandard.ZstdDecompressor()
-    for path in sorted(bucket.rglob("*.json.zst")):
-        result.files += 1
-        result.compressed_bytes += path.stat().st_size
-        newlines = 0
-        with open(path, "rb") as raw, decompressor.stream_reader(raw, read_across_frames=True) as r:
-            while block := r.read(1 << 20):
-                result.uncompressed_bytes += len(block)
-                newlines += block.count(b"\n")
-        result.events += newlines - 2  # the '{"Records":[' and ']}' lines
+    """Decompress every log file delivered under the ``file://`` root ``bucket``; count events."""
+    result = Delivered()
+    for path in sorted(bucket.rglob("*")):
+        if path.is_file() and is_log_key(path.relative_to(bucket).as_posix()):
+            with open(path, "rb") as raw:
+                result.add(path.stat().st_size, _decompressed(path.name, raw))
+    return result
+
+
+def read_delivered_s3(client: Any, bucket: str) -> Delivered:
+    """The same for every log file in the S3 bucket ``bucket`` (``client``: boto3 S3)."""
+    result = Delivered()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            if is_log_key(item["Key"]):
+                body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"]
+                result.add(item["Size"], _decompressed(item["Key"], body))
     return result
 
 
@@ -516,6 +627,262 @@ def profiling(pid: int, out_dir: Path | None, py_spy: str | None, perf: bool) ->
                 proc.kill()
                 proc.wait(10)
         log.close()
+
+
+# ---------------------------------------------------------------- one daemon run
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    connections: int
+    tcp: bool
+    chunk_bytes: int
+    window_bytes: int
+    timeout: float
+
+
+def daemon_phase(
+    root: Path,
+    lines: Sequence[bytes],
+    options: PushOptions,
+    *,
+    cores: int,
+    command: Sequence[str] | None = None,
+    trails: Mapping[str, Mapping[str, object]] | None = None,
+    env: Mapping[str, str] | None = None,
+    profile: tuple[Path | None, str | None, bool] = (None, None, False),
+) -> dict[str, Any]:
+    """Start the daemon in ``root`` (made here), push ``lines``, SIGTERM it after the last ack and
+    wait until it has sealed and delivered everything; the figures of that run (no delivery
+    check: the caller reads the destinations). ``trails``: as for :func:`write_config`, an empty
+    ``destination`` standing for the default ``file://`` bucket."""
+    root.mkdir()
+    if trails is not None:
+        bucket = f"file://{root / 'bucket'}"
+        trails = {n: {**t, "destination": t["destination"] or bucket} for n, t in trails.items()}
+    input_bytes = sum(len(line) + 1 for line in lines)
+    with (
+        running_daemon(root, cores=cores, command=command, trails=trails, env=env) as d,
+        profiling(d.proc.pid, *profile),
+    ):
+        cpu_before = read_cpu_seconds(d.proc.pid)
+        pushed = push(
+            d.connect_tcp if options.tcp else d.connect_unix,
+            split_connections(lines, options.connections),
+            chunk_bytes=options.chunk_bytes,
+            window_bytes=options.window_bytes,
+            timeout=options.timeout,
+        )
+        if pushed.failures:
+            raise LoadError(
+                "; ".join(pushed.failures)
+                + f"\nthe daemon's log ({d.log_path}) ends:\n{d.log_tail()}"
+            )
+        cpu_after = read_cpu_seconds(d.proc.pid)
+        rss_before_stop = read_vm_hwm_kib(d.proc.pid) or 0
+        acked_at = time.perf_counter()
+        status = d.stop()
+        drain_s = time.perf_counter() - acked_at
+    if status != 0:
+        print(f"loadgen: the daemon exited with {status}:\n{d.log_tail()}", file=sys.stderr)
+    return {
+        "seconds": round(pushed.seconds, 3),
+        "events_per_s": round(len(lines) / pushed.seconds),
+        "mb_per_s": round(input_bytes / pushed.seconds / 1e6, 1),
+        "loadgen_cpu_s": round(pushed.cpu_seconds, 2),
+        "daemon_cpu_us_per_event": (
+            round((cpu_after - cpu_before) / len(lines) * 1e6, 1)
+            if cpu_before is not None and cpu_after is not None
+            else None
+        ),
+        "ack_p50_ms": round(percentile(pushed.latencies, 50) * 1000, 2),
+        "ack_p99_ms": round(percentile(pushed.latencies, 99) * 1000, 2),
+        "ack_max_ms": round(max(pushed.latencies, default=0.0) * 1000, 2),
+        "drain_s": round(drain_s, 2),
+        "peak_rss_mb": round(max(d.peak_rss_kib, rss_before_stop) / 1024, 1),
+        "errors": len(pushed.errors),
+        "daemon_exit": status,
+        "ok": status == 0 and not pushed.errors and pushed.acked == len(lines),
+    }
+
+
+# ---------------------------------------------------------------- three trails, S3 (issue 3)
+
+
+def with_data_events(lines: Sequence[bytes], every: int = DATA_EVERY) -> list[bytes]:
+    """``lines`` with every ``every``-th event (from the first) turned into an S3 object data
+    event under ``DATA_BUCKET_ARN`` (GetObject / PutObject alternately); the rest unchanged."""
+    out = list(lines)
+    for i in range(0, len(out), every):
+        event = orjson.loads(out[i])
+        name = "GetObject" if (i // every) % 2 == 0 else "PutObject"
+        event.update(
+            eventSource="s3.amazonaws.com",
+            eventName=name,
+            eventCategory="Data",
+            managementEvent=False,
+            readOnly=name == "GetObject",
+            resources=[
+                {"type": "AWS::S3::Bucket", "ARN": DATA_BUCKET_ARN},
+                {"type": "AWS::S3::Object", "ARN": f"{DATA_BUCKET_ARN}/obj/{i}.bin"},
+            ],
+        )
+        out[i] = orjson.dumps(event)
+    return out
+
+
+def expected_counts(lines: Sequence[bytes]) -> dict[str, int]:
+    """How many of ``lines`` each trail of :func:`three_trails` logs (and "one": all of them)."""
+    counts = {"one": len(lines), "management": 0, "writes": 0, "data": 0}
+    for line in lines:
+        event = orjson.loads(line)
+        if event.get("eventCategory") == "Data":
+            counts["data"] += 1
+            continue
+        counts["management"] += 1
+        if event.get("readOnly") is False and event.get("eventSource") in WRITE_SOURCES:
+            counts["writes"] += 1
+    return counts
+
+
+ALL_DATA_EVENTS = {
+    "Type": "AWS::S3::Object",
+    "Values": [f"{DATA_BUCKET_ARN}/"],
+}
+
+
+def one_trail() -> dict[str, dict[str, object]]:
+    """The single-trail baseline: ``file://``, every management event and every data event."""
+    selector = {"ReadWriteType": "All", "IncludeManagementEvents": True}
+    return {
+        "default": {
+            "destination": "",
+            "event_selectors": [{**selector, "DataResources": [ALL_DATA_EVENTS]}],
+        }
+    }
+
+
+def three_trails(
+    endpoint: str, management_bucket: str, writes_bucket: str, writes_compression: str
+) -> dict[str, dict[str, object]]:
+    """Issue 3's acceptance scenario: management → S3 zstd; ec2/iam writes → S3 gzip, SSE,
+    Object Lock; data events → ``file://``."""
+    writes: dict[str, object] = {
+        "destination": f"s3://{writes_bucket}",
+        "s3_endpoint_url": endpoint,
+        "compression": writes_compression,
+        "sse": "AES256",
+        "object_lock_mode": "COMPLIANCE",
+        "object_lock_days": 1,
+        "advanced_event_selectors": [
+            {
+                "Name": "ec2 and iam writes",
+                "FieldSelectors": [
+                    {"Field": "eventCategory", "Equals": ["Management"]},
+                    {"Field": "readOnly", "Equals": ["false"]},
+                    {"Field": "eventSource", "Equals": list(WRITE_SOURCES)},
+                ],
+            }
+        ],
+    }
+    data_selector = {"ReadWriteType": "All", "IncludeManagementEvents": False}
+    return {
+        "management": {"destination": f"s3://{management_bucket}", "s3_endpoint_url": endpoint},
+        "writes": writes,
+        "data": {
+            "destination": "",
+            "event_selectors": [{**data_selector, "DataResources": [ALL_DATA_EVENTS]}],
+        },
+    }
+
+
+def s3server_module() -> ModuleType:
+    """``tests/s3server.py`` (SeaweedFS for the tests), imported by path: ``tests`` is not a
+    package and its ``conftest`` must not shadow this directory's."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "s3server.py"
+    spec = importlib.util.spec_from_file_location("trailseal_bench_s3server", path)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"cannot import {path}")
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def _with_seal(
+    trails: dict[str, dict[str, object]], seal_after_bytes: int | None
+) -> dict[str, dict[str, object]]:
+    if seal_after_bytes is None:
+        return trails
+    return {n: {**t, "seal_after_bytes": seal_after_bytes} for n, t in trails.items()}
+
+
+def three_trails_s3(
+    root: Path,
+    lines: Sequence[bytes],
+    options: PushOptions,
+    *,
+    cores: int,
+    command: Sequence[str] | None = None,
+    write_compression: str = "gzip",
+    seal_after_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Single ``file://`` trail, then the three trails with S3 delivery, on ``lines``; both runs'
+    figures (``one_*``, ``three_*``), their ratio and every trail's delivered count checked."""
+    s3server = s3server_module()
+    expected = expected_counts(lines)
+    out: dict[str, Any] = {"trails": "three-s3", "write_trail_compression": write_compression}
+    one = daemon_phase(
+        root / "one",
+        lines,
+        options,
+        cores=cores,
+        command=command,
+        trails=_with_seal(one_trail(), seal_after_bytes),
+    )
+    got_one = read_delivered(root / "one" / "bucket")
+    server = s3server.S3Server.start(root / "s3")
+    try:
+        client = server.client()
+        management_bucket = server.new_bucket()
+        writes_bucket = server.new_bucket(object_lock=True)
+        env = {k: v for k, v in os.environ.items() if k not in s3server.AWS_ENV_CLEARED}
+        env.update(server.env())
+        trails = three_trails(server.endpoint, management_bucket, writes_bucket, write_compression)
+        three = daemon_phase(
+            root / "three",
+            lines,
+            options,
+            cores=cores,
+            command=command,
+            trails=_with_seal(trails, seal_after_bytes),
+            env=env,
+        )
+        got = {
+            "management": read_delivered_s3(client, management_bucket),
+            "writes": read_delivered_s3(client, writes_bucket),
+            "data": read_delivered(root / "three" / "bucket"),
+        }
+    finally:
+        server.stop()
+    for name, phase in (("one", one), ("three", three)):
+        out.update({f"{name}_{key}": value for key, value in phase.items() if key != "ok"})
+    out.update({f"one_{key}": value for key, value in got_one.summary().items()})
+    for trail, delivered in got.items():
+        out[f"{trail}_delivered_events"] = delivered.events
+        out[f"{trail}_expected_events"] = expected[trail]
+        out[f"{trail}_delivered_files"] = delivered.files
+    out["one_expected_events"] = expected["one"]
+    out["three_over_one"] = round(three["events_per_s"] / one["events_per_s"], 2)
+    out["ok"] = (
+        one["ok"]
+        and three["ok"]
+        and got_one.events == expected["one"]
+        and all(got[t].events == expected[t] for t in got)
+    )
+    return out
 
 
 # ---------------------------------------------------------------- the baselines
@@ -572,15 +939,21 @@ def run(
     py_spy: str | None = None,
     perf: bool = False,
     daemon_command: Sequence[str] | None = None,
+    trails: str = "one",
+    write_trail_compression: str = "gzip",
+    seal_after_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """One benchmark run; returns the summary (what ``main`` prints as one JSON line)."""
+    """One benchmark run; returns the summary (what ``main`` prints as one JSON line).
+    ``trails``: "one" (a single ``file://`` trail) or "three-s3" (see the module docs)."""
     from trailseal import synthetic
 
     if cores == 1:
         os.sched_setaffinity(0, {0})  # threads started from here on inherit it
     if lines is None:
         lines = synthetic.events(events, seed)
-    input_bytes = sum(len(line) + 1 for line in lines)
+    if trails == "three-s3":
+        lines = with_data_events(lines)
+    push_options = PushOptions(connections, tcp, chunk_bytes, window_bytes, timeout)
     summary: dict[str, Any] = {
         "events": len(lines),
         "connections": connections,
@@ -592,64 +965,39 @@ def run(
         keep.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="tsb-", dir=keep))
     try:
-        if daemon:
-            (root / "e2e").mkdir()
-            with (
-                running_daemon(root / "e2e", cores=cores, command=daemon_command) as d,
-                profiling(d.proc.pid, profile_dir, py_spy, perf),
-            ):
-                cpu_before = read_cpu_seconds(d.proc.pid)
-                pushed = push(
-                    d.connect_tcp if tcp else d.connect_unix,
-                    split_connections(lines, connections),
-                    chunk_bytes=chunk_bytes,
-                    window_bytes=window_bytes,
-                    timeout=timeout,
-                )
-                if pushed.failures:
-                    raise LoadError(
-                        "; ".join(pushed.failures)
-                        + f"\nthe daemon's log ({d.log_path}) ends:\n{d.log_tail()}"
-                    )
-                cpu_after = read_cpu_seconds(d.proc.pid)
-                rss_before_stop = read_vm_hwm_kib(d.proc.pid) or 0
-                status = d.stop()
-            delivered = read_delivered(d.bucket)
+        if daemon and trails == "three-s3":
             summary.update(
-                seconds=round(pushed.seconds, 3),
-                events_per_s=round(len(lines) / pushed.seconds),
-                mb_per_s=round(input_bytes / pushed.seconds / 1e6, 1),
-                loadgen_cpu_s=round(pushed.cpu_seconds, 2),
-                daemon_cpu_us_per_event=(
-                    round((cpu_after - cpu_before) / len(lines) * 1e6, 1)
-                    if cpu_before is not None and cpu_after is not None
-                    else None
-                ),
-                ack_p50_ms=round(percentile(pushed.latencies, 50) * 1000, 2),
-                ack_p99_ms=round(percentile(pushed.latencies, 99) * 1000, 2),
-                peak_rss_mb=round(max(d.peak_rss_kib, rss_before_stop) / 1024, 1),
-                compression_ratio=(
-                    round(delivered.uncompressed_bytes / delivered.compressed_bytes, 2)
-                    if delivered.compressed_bytes
-                    else None
-                ),
-                errors=len(pushed.errors),
-                delivered_files=delivered.files,
-                delivered_events=delivered.events,
-                daemon_exit=status,
-                ok=(
-                    status == 0
-                    and not pushed.errors
-                    and pushed.acked == len(lines)
-                    and delivered.events == len(lines)
-                ),
+                three_trails_s3(
+                    root,
+                    lines,
+                    push_options,
+                    cores=cores,
+                    command=daemon_command,
+                    write_compression=write_trail_compression,
+                    seal_after_bytes=seal_after_bytes,
+                )
             )
+        elif daemon:
+            one = None if seal_after_bytes is None else {"seal_after_bytes": seal_after_bytes}
+            phase = daemon_phase(
+                root / "e2e",
+                lines,
+                push_options,
+                cores=cores,
+                command=daemon_command,
+                trails=None if one is None else {"default": {"destination": "", **one}},
+                profile=(profile_dir, py_spy, perf),
+            )
+            delivered = read_delivered(root / "e2e" / "bucket")
+            summary.update(phase)
+            summary.update(delivered.summary())
+            summary["ok"] = phase["ok"] and delivered.events == len(lines)
         if baselines:
             naive = naive_pipeline.run(lines, root / "naive.json.zst")
             summary["naive_events_per_s"] = round(naive.events_per_s)
             if core_available():
                 summary["core_events_per_s"] = round(core_alone(lines, root / "core-spool"))
-            if "events_per_s" in summary:
+            if "events_per_s" in summary and trails == "one":
                 summary["e2e_over_naive"] = round(
                     summary["events_per_s"] / summary["naive_events_per_s"], 2
                 )
@@ -706,6 +1054,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the daemon as CMD (split like a shell) + 'serve --config FILE' instead of "
         "the venv's trailseal, e.g. to try a patched build",
     )
+    parser.add_argument(
+        "--trails",
+        choices=("one", "three-s3"),
+        default="one",
+        help="one: a single file:// trail (default); three-s3: that, then issue 3's three trails "
+        "with S3 delivery to a local SeaweedFS, on the same events (with data events)",
+    )
+    parser.add_argument(
+        "--write-trail-compression",
+        choices=("gzip", "zstd"),
+        default="gzip",
+        help="three-s3: the write-only trail's compression (gzip)",
+    )
+    parser.add_argument(
+        "--seal-after-bytes", type=int, help="every trail's seal_after_bytes (64 MiB)"
+    )
     args = parser.parse_args(argv)
     try:
         summary = run(
@@ -724,6 +1088,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             py_spy=args.py_spy,
             perf=args.perf,
             daemon_command=shlex.split(args.daemon_command) if args.daemon_command else None,
+            trails=args.trails,
+            write_trail_compression=args.write_trail_compression,
+            seal_after_bytes=args.seal_after_bytes,
         )
     except LoadError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)

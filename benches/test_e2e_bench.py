@@ -61,3 +61,40 @@ def test_e2e_load(
         assert summary["daemon_exit"] == 0, summary
         assert summary["compression_ratio"] > 1, summary
     assert correct
+
+
+def test_e2e_three_trails_s3(
+    benchmark: BenchmarkFixture, daemon_ready: None, lines: list[bytes]
+) -> None:
+    """Issue 3's scenario with a small N: one ``file://`` trail, then three trails delivering
+    to a local SeaweedFS (zstd, gzip + SSE + Object Lock, ``file://``) on the same events; every
+    trail must hold exactly the events its selectors take."""
+    if importlib.util.find_spec("boto3") is None:
+        pytest.skip("boto3 is not installed")
+    summaries: list[dict[str, Any]] = []
+
+    def once() -> None:
+        summaries.append(
+            loadgen.run(
+                events=EVENTS,
+                connections=2,
+                lines=lines[:EVENTS],
+                baselines=False,
+                timeout=120,
+                trails="three-s3",
+            )
+        )
+
+    benchmark.pedantic(once, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
+    summary = summaries[0]
+    benchmark.extra_info.update(
+        {key: value for key, value in summary.items() if key != "ok"},
+        bytes=sum(len(line) + 1 for line in lines[:EVENTS]),
+        correct=summary["ok"],
+    )
+    for trail in ("one", "management", "writes", "data"):
+        assert summary[f"{trail}_delivered_events"] == summary[f"{trail}_expected_events"], trail
+    assert summary["writes_expected_events"] > 0 and summary["data_expected_events"] > 0
+    assert summary["one_errors"] == summary["three_errors"] == 0, summary
+    assert summary["one_daemon_exit"] == summary["three_daemon_exit"] == 0, summary
+    assert summary["ok"], summary
