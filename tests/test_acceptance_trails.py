@@ -42,6 +42,7 @@ import zstandard
 from botocore.exceptions import ClientError
 
 from conftest import DaemonProcess
+from kmsserver import MotoServer
 from s3server import S3Server
 from selectors_ref import logged
 from trailseal import synthetic
@@ -425,3 +426,64 @@ def test_three_trails_on_s3_with_sse_and_compliance_lock(
             client.delete_object(Bucket=locked, Key=key, VersionId=head["VersionId"])
         assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, key
         assert client.head_object(Bucket=locked, Key=key, VersionId=head["VersionId"])
+
+
+# ---------------------------------------------------------------------------------------------
+# SSE-KMS
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[MotoServer]:
+    server = MotoServer.start(tmp_path / "moto")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_sse_kms_on_every_object(moto: MotoServer, daemon: Callable[..., DaemonProcess]) -> None:
+    """``sse = "aws:kms"`` with a ``kms_key_id``: every object (log files, digests, public key)
+    reports that key in HeadObject, and validate passes. The S3 here is moto's (tests/kmsserver.py)
+    only because SSE-KMS needs a KMS to name the key in; everything else runs on SeaweedFS."""
+    key_id = moto.create_kms_key()
+    bucket = moto.new_bucket()
+    d = daemon(
+        trails={
+            "kms": {
+                "destination": f"s3://{bucket}/kms",
+                "s3_endpoint_url": moto.endpoint,
+                "s3_region": "us-east-1",
+                "sse": "aws:kms",
+                "kms_key_id": key_id,
+                "seal_after_bytes": 1024 * 1024,
+                "seal_after_secs": 3600,
+                "digest_interval_secs": 3600,
+            }
+        },
+        env=moto.env(),
+    )
+    lines = list(synthetic.iter_events(2_000, seed=77))
+    push(d, [lines[k::CONNECTIONS] for k in range(CONNECTIONS)])
+    assert d.stop() == 0, d.stderr()[-5000:]
+
+    client = moto.client("s3")
+    objects = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="kms/"):
+        for obj in page.get("Contents", []):
+            objects[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    ids, logs = event_ids(objects, "zstd")
+    want = {orjson.loads(line)["eventID"] for line in lines}
+    check_holds_exactly("kms", ids, want, want)
+    assert logs > 1 and any(k.startswith(f"kms/{layout.PUBLIC_KEYS_DIR}/") for k in objects)
+    for key in objects:
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert head.get("ServerSideEncryption") == "aws:kms", (key, head)
+        assert head.get("SSEKMSKeyId", "").endswith(key_id), (key, head)
+    validate(
+        f"s3://{bucket}/kms",
+        export_public_key(d),
+        digests=digest_count(objects),
+        logs=logs,
+        endpoint=moto.endpoint,
+        env=moto.env(),
+    )
