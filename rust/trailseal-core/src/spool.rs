@@ -16,12 +16,15 @@
 //! cut short at any step: a closed segment with a manifest is moved, one without is reopened; a
 //! chain head is the one of the highest seq among `heads.json` and the manifests in `sealed/`.
 //!
-//! A gzip trail (`TrailSpec::compression`) seals differently: after the closing frame and the
-//! eventIDs, the segment is transcoded into `open/<name>.gz.tmp` (one gzip member, fsync'd), the
-//! manifest (compression "gzip") written, the member renamed to `sealed/<name>.log` and `sealed/`
-//! fsync'd, and only then are `.seg` and `.seg.json` removed. Recovery of a closed segment with a
-//! gzip manifest: when `sealed/<name>.log` is there, the segment files are removed; else the
-//! transcode is done again (leftover `.tmp` files are removed first) and the manifest rewritten.
+//! A gzip trail (`TrailSpec::compression`) seals differently, in two parts. Under the spool
+//! (`Spool::seal_start`): the closing frame, the eventIDs, the manifest (compression "gzip"),
+//! `heads.json`. Then, without the spool (`PendingGzip::run`, so ingest goes on): the segment is
+//! transcoded into `open/<name>.gz.tmp` (one gzip member, fsync'd), the manifest rewritten with
+//! the member's size, the member renamed to `sealed/<name>.log` and `sealed/` fsync'd, and only
+//! then are `.seg` and `.seg.json` removed. A manifest whose log is not there yet is not listed by
+//! `sealed_files`. Recovery of a closed segment with a gzip manifest: when `sealed/<name>.log` is
+//! there, the segment files are removed; else the transcode is done again (leftover `.tmp` files
+//! are removed first) and the manifest rewritten.
 //!
 //! Routing: each trail has event selectors (`select`), evaluated in the parallel per-event stage
 //! into a bit mask (so at most [`MAX_TRAILS`] trails); `route` (in the in-order step, after dedup)
@@ -646,6 +649,47 @@ impl Trail {
     }
 }
 
+/// What [`Spool::seal_start`] did: a sealed file, or a gzip seal whose transcode is still to run.
+#[allow(clippy::large_enum_variant)] // one per seal, moved once: its size does not matter
+pub enum Sealing {
+    Done(SealedFile),
+    Gzip(PendingGzip),
+}
+
+/// The second half of a gzip trail's seal (see [`Spool::seal_start`]): the closed segment's
+/// transcode, run without the spool.
+pub struct PendingGzip {
+    seg: Segment,
+    open_dir: PathBuf,
+    dest: PathBuf,
+    sealed: SealedFile,
+    level: u32,
+}
+
+impl PendingGzip {
+    /// The closed segment's path (`open/<name>.seg`), being sealed.
+    pub fn segment_path(&self) -> &Path {
+        &self.seg.data_path
+    }
+
+    /// Transcode, rewrite the manifest with the member's size, move the member to `sealed/`,
+    /// then remove the segment's files. On an error call [`Spool::seal_failed`]: reopening the
+    /// spool finishes the seal.
+    pub fn run(mut self) -> Result<SealedFile> {
+        finish_gzip(
+            &self.seg,
+            &self.open_dir,
+            &self.dest,
+            &mut self.sealed,
+            self.level,
+        )?;
+        remove(&self.seg.data_path)?;
+        remove(&self.seg.meta_path)?;
+        fsync_dir(&self.open_dir)?;
+        Ok(self.sealed)
+    }
+}
+
 /// The gzip part of sealing `seg` (closed, fsync'd) into `dest`: transcode into
 /// `<open_dir>/<name>.gz.tmp` (checking the content against the SHA-256 taken while it was
 /// written), write the manifest (`sealed` with compression "gzip" and the member's size), move
@@ -1238,7 +1282,8 @@ impl Spool {
         out
     }
 
-    /// Seal the stream's open segment (see the module docs for the order of steps).
+    /// Seal the stream's open segment (see the module docs for the order of steps): for a gzip
+    /// trail, [`Spool::seal_start`] and then [`PendingGzip::run`] in one call.
     pub fn seal(
         &mut self,
         trail: &str,
@@ -1246,6 +1291,28 @@ impl Spool {
         region: &str,
         object_key: &str,
     ) -> Result<Option<SealedFile>> {
+        match self.seal_start(trail, account, region, object_key)? {
+            None => Ok(None),
+            Some(Sealing::Done(sealed)) => Ok(Some(sealed)),
+            Some(Sealing::Gzip(pending)) => {
+                let r = pending.run();
+                self.fail(r).map(Some)
+            }
+        }
+    }
+
+    /// The part of a seal that needs the spool: for a zstd trail all of it; for a gzip trail
+    /// closing the segment, its eventIDs, the manifest and the chain head, leaving the transcode
+    /// to [`PendingGzip::run`], which needs no `&mut Spool` (the closed segment belongs to the
+    /// caller alone), so ingest goes on meanwhile. Until it has run, [`Spool::sealed_files`]
+    /// does not list the file; if it never runs (a crash), the next open finishes it.
+    pub fn seal_start(
+        &mut self,
+        trail: &str,
+        account: &str,
+        region: &str,
+        object_key: &str,
+    ) -> Result<Option<Sealing>> {
         self.check()?;
         let ti = self.trail_index(trail)?;
         let key = (account.to_owned(), region.to_owned());
@@ -1256,13 +1323,18 @@ impl Spool {
         self.fail(r).map(Some)
     }
 
+    /// Record that a [`PendingGzip`] failed: the spool refuses further work (reopen to recover).
+    pub fn seal_failed(&mut self, e: &CoreError) {
+        self.failed = Some(e.to_string());
+    }
+
     fn seal_segment(
         &mut self,
         ti: usize,
         key: StreamKey,
         mut seg: Segment,
         object_key: &str,
-    ) -> Result<SealedFile> {
+    ) -> Result<Sealing> {
         seg.close(&mut self.compressor)?;
         self.dedup
             .persist(seg.event_ids.iter().map(String::as_str))?;
@@ -1288,18 +1360,24 @@ impl Spool {
             compressed_bytes: seg.compressed_bytes,
             uncompressed_bytes: seg.uncompressed_bytes,
         };
-        match t.compression {
+        let level = match t.compression {
             LogCompression::Zstd => {
                 write_atomic(&manifest_path, &sealed.to_json())?;
                 std::fs::rename(&seg.data_path, &path)
                     .map_err(|e| CoreError::io("move sealed segment to", &path, e))?;
+                remove(&seg.meta_path)?;
+                None
             }
             LogCompression::Gzip(level) => {
-                finish_gzip(&seg, &t.open_dir, &path, &mut sealed, level)?;
-                remove(&seg.data_path)?;
+                // The manifest says "gzip" before the transcode: from here on, recovery finishes
+                // the seal (redoes the transcode) instead of reopening the segment, so the
+                // stream's next segment may be opened and chained on at once.
+                sealed.compression = "gzip".into();
+                write_atomic(&manifest_path, &sealed.to_json())?;
+                crash_point("gzip-started")?;
+                Some(level)
             }
-        }
-        remove(&seg.meta_path)?;
+        };
         t.heads.insert(
             key,
             Head {
@@ -1310,14 +1388,24 @@ impl Spool {
         t.write_heads()?;
         fsync_dir(&t.open_dir)?;
         fsync_dir(&t.sealed_dir)?;
-        Ok(sealed)
+        Ok(match level {
+            None => Sealing::Done(sealed),
+            Some(level) => Sealing::Gzip(PendingGzip {
+                open_dir: t.open_dir.clone(),
+                dest: path,
+                seg,
+                sealed,
+                level,
+            }),
+        })
     }
 
     pub fn sealed_files(&self, trail: &str) -> Result<Vec<SealedFile>> {
         let t = &self.trails[self.trail_index(trail)?];
         let mut out = Vec::new();
         for p in list_dir(&t.sealed_dir)? {
-            if file_name(&p).ends_with(".json") {
+            // A manifest without its log is a gzip seal whose transcode has not run yet.
+            if file_name(&p).ends_with(".json") && p.with_extension("log").exists() {
                 out.push(SealedFile::from_manifest(&p)?);
             }
         }
@@ -1702,7 +1790,12 @@ mod routing_tests {
     /// sealed file with every event, and the chain goes on from it.
     #[test]
     fn gzip_seal_cut_short_recovers() {
-        for point in ["gzip-transcoded", "gzip-manifest", "gzip-moved"] {
+        for point in [
+            "gzip-started",
+            "gzip-transcoded",
+            "gzip-manifest",
+            "gzip-moved",
+        ] {
             let dir = temp(point);
             let cfg = SpoolConfig {
                 trails: vec![spec("g", "{}", true, true)],
@@ -1725,18 +1818,9 @@ mod routing_tests {
 
             let mut spool = Spool::open(cfg.clone()).expect("reopen");
             let mut ids: Vec<String> = Vec::new();
-            let mut sealed = spool.sealed_files("g").expect("sealed");
-            if point == "gzip-transcoded" {
-                // no manifest yet: the segment was reopened, whole
-                assert!(sealed.is_empty(), "{point}");
-                assert_eq!(spool.open_segments()[0].event_count, 200);
-                sealed.push(
-                    spool
-                        .seal("g", "111122223333", HOME, "key")
-                        .expect("seal")
-                        .expect("a segment"),
-                );
-            }
+            // the manifest was written before the transcode: every point finishes the seal
+            let sealed = spool.sealed_files("g").expect("sealed");
+            assert!(spool.open_segments().is_empty(), "{point}");
             assert_eq!(sealed.len(), 1, "{point}");
             assert_eq!(sealed[0].compression, "gzip");
             ids.extend(check_sealed(&sealed[0]));
@@ -1753,5 +1837,73 @@ mod routing_tests {
             assert_eq!(next.chain_start, sealed[0].chain_end, "{point}");
             check_sealed(&next);
         }
+    }
+
+    /// A gzip seal's transcode runs without the spool: meanwhile the stream takes new events and
+    /// may seal again (chained on), the pending file is not listed, and once it has run both
+    /// files are whole; a crash before it runs is finished at the next open.
+    #[test]
+    fn gzip_transcode_runs_outside_the_spool() {
+        let dir = temp("gzip-pending");
+        let cfg = SpoolConfig {
+            trails: vec![spec("g", "{}", true, true)],
+            ..SpoolConfig::new(&dir.0, vec!["x".into()], "111122223333", HOME)
+        };
+        let line = |i: usize| {
+            format!(
+                r#"{{"eventID":"p-{i}","eventName":"RunInstances","eventSource":"ec2.amazonaws.com"}}"#
+            )
+        };
+        let mut spool = Spool::open(cfg.clone()).expect("open");
+        let first: Vec<String> = (0..100).map(line).collect();
+        assert_eq!(process(&mut spool, &first).accepted, 100);
+        let Some(Sealing::Gzip(pending)) = spool
+            .seal_start("g", "111122223333", HOME, "k1")
+            .expect("seal_start")
+        else {
+            panic!("a gzip trail's seal leaves the transcode pending");
+        };
+        assert!(pending.segment_path().exists());
+        assert!(spool.sealed_files("g").expect("sealed").is_empty());
+        // ingest goes on: new events, a second seal of the same stream, both while pending
+        let second: Vec<String> = (100..150).map(line).collect();
+        assert_eq!(process(&mut spool, &first).duplicates, 100);
+        assert_eq!(process(&mut spool, &second).accepted, 50);
+        let Some(Sealing::Gzip(pending2)) = spool
+            .seal_start("g", "111122223333", HOME, "k2")
+            .expect("seal_start")
+        else {
+            panic!("pending");
+        };
+        let b = pending2.run().expect("run second");
+        let a = pending.run().expect("run first");
+        assert_eq!(b.chain_start, a.chain_end);
+        assert_eq!(check_sealed(&a).len(), 100);
+        assert_eq!(check_sealed(&b).len(), 50);
+        let listed = spool.sealed_files("g").expect("sealed");
+        assert_eq!(
+            listed.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            [a.seq, b.seq]
+        );
+        assert_eq!(listed[0].compressed_bytes, a.compressed_bytes);
+
+        // a pending transcode that never runs (a crash) is finished at the next open
+        let third: Vec<String> = (150..170).map(line).collect();
+        assert_eq!(process(&mut spool, &third).accepted, 20);
+        let Some(Sealing::Gzip(lost)) = spool
+            .seal_start("g", "111122223333", HOME, "k3")
+            .expect("seal_start")
+        else {
+            panic!("pending");
+        };
+        drop(lost);
+        drop(spool);
+        let spool = Spool::open(cfg).expect("reopen");
+        let listed = spool.sealed_files("g").expect("sealed");
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[2].chain_start, b.chain_end);
+        assert_eq!(listed[2].compression, "gzip");
+        assert_eq!(check_sealed(&listed[2]).len(), 20);
+        assert!(spool.open_segments().is_empty());
     }
 }
