@@ -31,6 +31,10 @@ from trailseal.errors import TrailsealError
 
 __version__: str
 
+@final
+class PendingSync:
+    """What :meth:`Core.prepare_sync` collected; opaque."""
+
 class CoreError(TrailsealError):
     """I/O or state error inside the core (message names the file and what failed)."""
 
@@ -174,6 +178,15 @@ class Core:
         event accepted by ``process`` calls that returned before it began survives a crash.
         Releases the GIL; holds the Core only while collecting what to fsync, so a ``process``
         in another thread may run during the fsync (syncs themselves run one at a time)."""
+
+    def prepare_sync(self) -> PendingSync:
+        """The first half of :meth:`sync`, under the Core: collect what was written so far (a
+        later ``process`` is not included). Pass the result to :meth:`finish_sync`; finish them
+        one at a time in the order prepared, and do not mix with :meth:`sync` concurrently."""
+
+    def finish_sync(self, pending: PendingSync) -> None:
+        """fsync what ``pending`` collected without holding the Core (a ``process`` may run
+        meanwhile); a second call with it does nothing. Releases the GIL."""
 
     def open_segments(self) -> list[OpenSegment]:
         """The open, non-empty segments."""

@@ -5,19 +5,21 @@ sealer (sealing policy), plus the per-connection state they settle lines on.
   one bounded channel; when it is full they stop reading (backpressure).
 - The batcher is two stages joined by a channel of :data:`SYNC_QUEUE` batches. Stage 1 takes
   one submission (blocking), then everything already waiting up to :data:`BATCH_MAX_BYTES` /
-  :data:`BATCH_MAX_CHUNKS`, and in ONE worker-thread call runs ``Core.process`` (and reads
-  ``Core.open_segments`` for the sealer, so the sealing check after a batch costs no second
-  thread hop). Stage 2 takes the processed batches in order, runs ``Core.sync`` (which fsyncs
-  without holding the Core, so stage 1's next ``process`` overlaps it), and only then settles
+  :data:`BATCH_MAX_CHUNKS`, and in ONE worker-thread call runs ``Core.process`` and
+  ``Core.prepare_sync`` (what to fsync: exactly this batch's writes, taken before the next
+  ``process`` can start) and reads ``Core.open_segments`` for the sealer (so the sealing check
+  after a batch costs no second thread hop). Stage 2 takes the processed batches in order, runs
+  ``Core.finish_sync`` (the fsync, without holding the Core, so stage 1's next ``process``
+  overlaps it), and only then settles
   each connection: its errors, then its new ack (:meth:`Connection.settle`, never blocking).
   While the threads work, connections keep filling the channel, so the next fsync serves all
   of them (group commit); an ack is always sent after the fsync that covers it, in order.
 - The sealer seals open segments that reached ``seal_after_bytes`` or ``seal_after_secs``
   (after each batch and on a 1 s timer; all of them at shutdown) and hands each
   ``SealedFile`` to its trail's uploader channel.
-- Every call into the Core but ``sync`` goes through one ``CapacityLimiter(1)`` (the Core
-  serializes them anyway; the limiter keeps trio's thread pool from queueing behind it);
-  ``sync`` has its own, it holds the Core only while collecting what to fsync.
+- Every call into the Core but ``finish_sync`` goes through one ``CapacityLimiter(1)`` (the
+  Core serializes them anyway; the limiter keeps trio's thread pool from queueing behind it);
+  ``finish_sync`` has its own: it does not hold the Core.
 - Python never loops over events here: only over chunks and over rejected lines.
 """
 
@@ -181,9 +183,10 @@ class CoreRunner:
     async def call(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self.limiter)
 
-    async def sync(self) -> None:
-        """``Core.sync``: may overlap the ``process`` of the next batch."""
-        await trio.to_thread.run_sync(self.core.sync, limiter=self.sync_limiter)
+    async def finish_sync(self, pending: _core.PendingSync) -> None:
+        """``Core.finish_sync``: may overlap the ``process`` of the next batch."""
+        fsync = functools.partial(self.core.finish_sync, pending)
+        await trio.to_thread.run_sync(fsync, limiter=self.sync_limiter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +200,8 @@ class Processed:
     batch: list[Submission]
     result: _core.BatchResult | None
     """None: the batch held no chunk (only oversized-line errors), nothing to fsync."""
+    pending: _core.PendingSync | None = None
+    """What to fsync before settling (None when ``result`` is None)."""
 
 
 async def run_batcher(
@@ -243,8 +248,8 @@ async def _sync_and_settle(
     """Stage 2: in order, fsync what each batch wrote, then settle its connections."""
     async with processed:
         async for done in processed:
-            if done.result is not None:
-                await runner.sync()
+            if done.pending is not None:
+                await runner.finish_sync(done.pending)
                 metrics.FSYNCS.inc()
             settle_batch(done, stats)
 
@@ -271,10 +276,10 @@ async def process_batch(
     data = b"".join([chunk.data for chunk in chunks])
     core = runner.core
 
-    def work() -> tuple[_core.BatchResult, list[_core.OpenSegment]]:
-        return core.process(data, parts), core.open_segments()
+    def work() -> tuple[_core.BatchResult, _core.PendingSync, list[_core.OpenSegment]]:
+        return core.process(data, parts), core.prepare_sync(), core.open_segments()
 
-    result, segments = await runner.call(work)
+    result, pending, segments = await runner.call(work)
     stats.batches += 1
     stats.accepted += result.accepted
     stats.duplicates += result.duplicates
@@ -286,7 +291,7 @@ async def process_batch(
     if result.lines != [chunk.lines for chunk in chunks]:
         stats.line_count_mismatches += 1
         log.warning("the core counted lines differently from the framer: acks may be off")
-    return Processed(batch, result), segments
+    return Processed(batch, result, pending), segments
 
 
 def settle_batch(done: Processed, stats: PipelineStats) -> None:

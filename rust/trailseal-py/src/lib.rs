@@ -254,7 +254,28 @@ struct Core {
     syncing: Mutex<()>,
 }
 
+fn poisoned() -> CoreError {
+    CoreError::Invalid(
+        "the core stopped after a panic in another thread; open it again to recover".into(),
+    )
+}
+
+/// Files collected by `Core.prepare_sync`, fsync'd by `Core.finish_sync`.
+#[pyclass(frozen, module = "trailseal._core")]
+struct PendingSync {
+    inner: Mutex<Option<spool::PendingSync>>,
+}
+
 impl Core {
+    /// fsync outside the spool lock; on failure the spool refuses further work.
+    fn run_sync(&self, pending: spool::PendingSync) -> Result<(), CoreError> {
+        pending.run().inspect_err(|e| {
+            if let Ok(mut spool) = self.lock() {
+                spool.sync_failed(e);
+            }
+        })
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Spool>, CoreError> {
         self.spool.lock().map_err(|_| {
             CoreError::Invalid(
@@ -341,21 +362,36 @@ impl Core {
     }
 
     /// Collect what to fsync under the spool's lock, then fsync without it: a `process` of the
-    /// next batch may run meanwhile (the daemon overlaps the two).
+    /// next batch may run meanwhile.
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
-            let _order = self.syncing.lock().map_err(|_| {
-                CoreError::Invalid(
-                    "the core stopped after a panic in another thread; open it again to recover"
-                        .into(),
-                )
-            })?;
+            let _order = self.syncing.lock().map_err(|_| poisoned())?;
             let pending = self.lock()?.prepare_sync()?;
-            pending.run().inspect_err(|e| {
-                if let Ok(mut spool) = self.lock() {
-                    spool.sync_failed(e);
-                }
-            })
+            self.run_sync(pending)
+        })
+        .map_err(core_err)
+    }
+
+    /// The first half of `sync`: what was written so far, to fsync later with `finish_sync`.
+    fn prepare_sync(&self) -> PyResult<PendingSync> {
+        let pending = self
+            .lock()
+            .and_then(|mut s| s.prepare_sync())
+            .map_err(core_err)?;
+        Ok(PendingSync {
+            inner: Mutex::new(Some(pending)),
+        })
+    }
+
+    /// fsync what `prepare_sync` collected (once; again is a no-op), without holding the Core.
+    fn finish_sync(&self, py: Python<'_>, pending: &PendingSync) -> PyResult<()> {
+        py.detach(|| {
+            let _order = self.syncing.lock().map_err(|_| poisoned())?;
+            let taken = pending.inner.lock().map_err(|_| poisoned())?.take();
+            match taken {
+                Some(p) => self.run_sync(p),
+                None => Ok(()),
+            }
         })
         .map_err(core_err)
     }
@@ -477,6 +513,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<OpenSegment>()?;
     m.add_class::<SealedFile>()?;
     m.add_class::<VerifyReport>()?;
+    m.add_class::<PendingSync>()?;
     m.add_function(wrap_pyfunction!(canonicalize, m)?)?;
     m.add_function(wrap_pyfunction!(chain_step, m)?)?;
     m.add_function(wrap_pyfunction!(verify_log, m)?)?;
