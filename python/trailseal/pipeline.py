@@ -179,9 +179,18 @@ class CoreRunner:
         self.core = core
         self.limiter = trio.CapacityLimiter(1)
         self.sync_limiter = trio.CapacityLimiter(1)
+        self.seal_limiter = trio.CapacityLimiter(1)
 
     async def call(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+
+    async def seal(
+        self, trail: str, account: str, region: str, key: str
+    ) -> _core.SealedFile | None:
+        """``Core.seal`` on its own worker: a gzip trail's transcode runs outside the Core's lock,
+        so it must not hold up ``process`` calls either."""
+        seal = functools.partial(self.core.seal, trail, account, region, key)
+        return await trio.to_thread.run_sync(seal, limiter=self.seal_limiter)
 
     async def finish_sync(self, pending: _core.PendingSync) -> None:
         """``Core.finish_sync``: may overlap the ``process`` of the next batch."""
@@ -238,8 +247,8 @@ async def run_batcher(
                     size += _size(more)
                 done, segments = await process_batch(runner, batch, stats)
                 await to_sync.send(done)
-                if sealer is not None:
-                    await sealer.check(segments=segments)
+                if sealer is not None and segments is not None:
+                    sealer.poke(segments)
 
 
 async def _sync_and_settle(
@@ -354,6 +363,7 @@ class Sealer:
         """Shutdown: the spool cap no longer holds the batcher back."""
         self._room = trio.Event()
         self._room.set()
+        self._wake = trio.Event()
 
     async def wait_spool_room(self) -> None:
         """Hold the batcher (and so, through the full channel, every reader) while the spool is
@@ -437,10 +447,7 @@ class Sealer:
                     when=datetime.now(UTC),
                     compression=trail.compression,
                 )
-                seal = functools.partial(
-                    self.runner.core.seal, seg.trail, seg.account, seg.region, key
-                )
-                result = await self.runner.call(seal)
+                result = await self.runner.seal(seg.trail, seg.account, seg.region, key)
                 if result is None:
                     continue
                 self.stats.sealed_files += 1
@@ -451,10 +458,20 @@ class Sealer:
                     await self.uploads[result.trail].send(result)
             return sealed
 
+    def poke(self, segments: list[_core.OpenSegment]) -> None:
+        """After a batch: wake :meth:`run` at once when a segment is due. The batcher never seals
+        itself, so a slow seal (a gzip transcode) does not hold up ingest."""
+        now_ms = time.time() * 1000
+        if any(self._due(seg, now_ms) for seg in segments):
+            self._wake.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The 1 s sealing timer; runs until cancelled."""
+        """The sealing task: every second, or at once when :meth:`poke` finds a segment due;
+        runs until cancelled."""
         task_status.started()
         while True:
-            await trio.sleep(SEAL_CHECK_SECS)
+            with trio.move_on_after(SEAL_CHECK_SECS):
+                await self._wake.wait()
+            self._wake = trio.Event()
             await self.check()
             await self.measure_spool()

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyType};
 
-use trailseal_core::spool::{self, LogCompression, Part, Spool, SpoolConfig};
+use trailseal_core::spool::{self, LogCompression, Part, Sealing, Spool, SpoolConfig};
 use trailseal_core::{chain, verify, CoreError};
 
 static CORE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -422,8 +422,23 @@ impl Core {
         region: &str,
         object_key: &str,
     ) -> PyResult<Option<SealedFile>> {
+        // The spool lock is held only for the fast part; a gzip trail's transcode runs after it
+        // is released, so ingest (`process`) goes on meanwhile.
         let r = py
-            .detach(|| self.lock()?.seal(trail, account, region, object_key))
+            .detach(|| {
+                let started = self
+                    .lock()?
+                    .seal_start(trail, account, region, object_key)?;
+                match started {
+                    None => Ok(None),
+                    Some(Sealing::Done(sealed)) => Ok(Some(sealed)),
+                    Some(Sealing::Gzip(pending)) => pending.run().map(Some).inspect_err(|e| {
+                        if let Ok(mut spool) = self.lock() {
+                            spool.seal_failed(e);
+                        }
+                    }),
+                }
+            })
             .map_err(core_err)?;
         Ok(r.map(SealedFile::from))
     }
