@@ -902,7 +902,8 @@ def core_alone(
         parts: list[tuple[int, str, str | None, int]] = [
             (len(batch), "unix:uid=0,pid=0", None, int(time.time() * 1000))
         ]
-        accepted += core.process(batch, parts).accepted
+        result = core.process(batch, parts)
+        accepted += result.accepted + result.unrouted  # data events: valid, no trail takes them
         core.sync()
     seconds = time.perf_counter() - start
     if accepted != len(lines):

@@ -399,3 +399,37 @@ def test_uploader_delivers_leftovers_once_and_retries(
     assert any(
         r.levelno == logging.WARNING and "retrying" in r.getMessage() for r in caplog.records
     )
+
+
+@needs_core
+def test_uploader_delivers_a_seal_never_announced_before_it_returns(tmp_path: Path) -> None:
+    """A seal whose SealedFile never reached the channel (the sealer was cancelled at shutdown
+    between sealing and sending) is delivered when the channel closes, not left to the next
+    start."""
+    s = Setup(tmp_path)
+    core = _core.Core(str(tmp_path / "spool"), ["main"], account_id=ACCOUNT, region=REGION)
+    dest = open_destination(s.trail.destination, host_id="h")
+
+    async def main() -> None:
+        send, receive = trio.open_memory_channel[Any](4)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(
+                    uploader.run,
+                    core=core,
+                    trail=s.trail,
+                    destination=dest,
+                    state_dir=s.state_dir,
+                    sealed=receive,
+                )
+            )
+            announced = _seal(core, 2, "a")
+            await send.send(announced)
+            orphan = _seal(core, 3, "b")  # sealed, never sent
+            assert orphan is not None
+            await send.aclose()
+
+    trio.run(main)
+    assert core.sealed_files("main") == []
+    keys = [json.loads(line)["s3Object"] for line in s.state.read_delivered_lines()]
+    assert len(keys) == 2 and len(set(keys)) == 2

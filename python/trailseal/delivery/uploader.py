@@ -231,3 +231,10 @@ async def run(
                 continue  # already delivered as a leftover
             await deliver_one(core, destination, state, item, notifier)
             done.add(item.seq)
+    # A seal whose announcement was lost (the sealer was cancelled at shutdown between sealing
+    # and sending) is still in the spool: deliver it now rather than at the next start.
+    leftovers = await trio.to_thread.run_sync(core.sealed_files, trail.name)
+    for item in sorted(leftovers, key=lambda s: s.seq):
+        if item.seq not in done:
+            await deliver_one(core, destination, state, item, notifier)
+            done.add(item.seq)
