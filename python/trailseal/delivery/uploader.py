@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -145,7 +146,8 @@ def log_file_entry(sealed: _core.SealedFile, bucket: str) -> dict[str, Any]:
 async def retry_forever(
     what: str, fn: Callable[[], T], on_error: Callable[[Exception], None] | None = None
 ) -> T:
-    """Run blocking ``fn`` in a thread until it succeeds, backing off exponentially (capped).
+    """Run blocking ``fn`` in a thread until it succeeds, backing off exponentially (capped) with
+    full jitter, so many daemons coming back after one outage do not retry in step.
     ``on_error`` (metrics, health) is called with each failure."""
     delay = BACKOFF_FIRST_SECS
     failures = 0
@@ -157,15 +159,16 @@ async def retry_forever(
             if on_error is not None:
                 on_error(e)
             level = logging.ERROR if failures >= FAILURES_BEFORE_ERROR else logging.WARNING
+            wait = random.uniform(BACKOFF_FIRST_SECS, delay)
             log.log(
                 level,
                 "%s failed (attempt %d): %s; retrying in %.1f s",
                 what,
                 failures,
                 e,
-                delay,
+                wait,
             )
-            await trio.sleep(delay)
+            await trio.sleep(wait)
             delay = min(delay * 2, BACKOFF_MAX_SECS)
 
 
