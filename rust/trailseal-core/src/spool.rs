@@ -1429,28 +1429,32 @@ impl Spool {
     }
 }
 
+/// A directory under the system temp dir, removed when dropped (the unit tests' spools).
+#[cfg(test)]
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+#[cfg(test)]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn temp(tag: &str) -> TempDir {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    TempDir(std::env::temp_dir().join(format!(
+        "trailseal-spool-{tag}-{}-{nanos}",
+        std::process::id()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::verify::{self, Compression};
-
-    struct TempDir(PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        TempDir(std::env::temp_dir().join(format!(
-            "trailseal-spool-{tag}-{}-{nanos}",
-            std::process::id()
-        )))
-    }
 
     const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
 
@@ -1558,24 +1562,6 @@ mod tests {
 mod routing_tests {
     use super::*;
     use crate::verify::{self, Compression};
-
-    struct TempDir(PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        TempDir(std::env::temp_dir().join(format!(
-            "trailseal-route-{tag}-{}-{nanos}",
-            std::process::id()
-        )))
-    }
 
     const HOME: &str = "us-east-1";
 
