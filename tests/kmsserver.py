@@ -26,10 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
-
-from s3server import _free_ports
+from s3server import _free_ports, boto_client
 
 ACCESS_KEY = "MOTOTESTKEY000000001"
 SECRET_KEY = "moto-test-secret"
@@ -103,19 +100,7 @@ class MotoServer:
         )
 
     def client(self, service: str, max_attempts: int = 3) -> Any:
-        return boto3.session.Session().client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            config=BotoConfig(
-                s3={"addressing_style": "path"},
-                retries={"mode": "standard", "max_attempts": max_attempts},
-                connect_timeout=5,
-                read_timeout=30,
-            ),
-        )
+        return boto_client(service, self.endpoint, ACCESS_KEY, SECRET_KEY, max_attempts)
 
     def create_kms_key(self) -> str:
         key = self.client("kms").create_key(Description="trailseal SSE-KMS test")

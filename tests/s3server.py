@@ -34,6 +34,27 @@ from botocore.config import Config as BotoConfig
 ACCESS_KEY = "TRAILSEALTESTKEY0001"
 SECRET_KEY = "trailseal-test-secret-0123456789abcdef"
 REGION = "us-east-1"
+
+
+def boto_client(
+    service: str, endpoint: str, access_key: str, secret: str, max_attempts: int = 3
+) -> Any:
+    """A boto3 client for a local test server: path-style S3, short timeouts, few retries."""
+    return boto3.session.Session().client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret,
+        config=BotoConfig(
+            s3={"addressing_style": "path"},
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=5,
+            read_timeout=30,
+        ),
+    )
+
+
 START_DEADLINE_SECS = 90.0
 
 _PORT_FLAGS = (
@@ -161,19 +182,7 @@ class S3Server:
         return "\n".join(text.splitlines()[-lines:])
 
     def client(self, secret: str = SECRET_KEY, max_attempts: int = 3) -> Any:
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=secret,
-            config=BotoConfig(
-                s3={"addressing_style": "path"},
-                retries={"mode": "standard", "max_attempts": max_attempts},
-                connect_timeout=5,
-                read_timeout=30,
-            ),
-        )
+        return boto_client("s3", self.endpoint, ACCESS_KEY, secret, max_attempts)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_DEADLINE_SECS

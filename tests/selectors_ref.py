@@ -32,6 +32,31 @@ _SERVICE = {
 }
 
 
+READ_ONLY_PREFIXES = (
+    "Get",
+    "List",
+    "Describe",
+    "Head",
+    "Lookup",
+    "Search",
+    "Scan",
+    "Query",
+    "BatchGet",
+)
+
+
+def defaulted(e: dict[str, Any], *, account: str, region: str) -> dict[str, Any]:
+    """The fields selectors read, with FORMATS.md §1's defaults (what the core selects on):
+    ``account``/``region`` are the daemon's ``account_id``/``region``."""
+    out = dict(e)
+    out.setdefault("eventCategory", "Management")
+    out.setdefault("eventType", "AwsApiCall")
+    out.setdefault("readOnly", e["eventName"].startswith(READ_ONLY_PREFIXES))
+    out.setdefault("awsRegion", region)
+    out.setdefault("recipientAccountId", account)
+    return out
+
+
 def logged(selectors: dict[str, Any], event: Event) -> bool:
     """Would a trail with ``selectors`` (the core's JSON object, as a dict) log ``event``?"""
     if "event_selectors" in selectors:

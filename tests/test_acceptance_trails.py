@@ -41,6 +41,7 @@ import pytest
 import zstandard
 from botocore.exceptions import ClientError
 
+import selectors_ref
 from conftest import DaemonProcess
 from kmsserver import MotoServer
 from s3server import S3Server
@@ -88,32 +89,13 @@ SELECTORS = {
     "data": S3_DATA_UNDER_PREFIX,
 }
 
-READ_ONLY_PREFIXES = (
-    "Get",
-    "List",
-    "Describe",
-    "Head",
-    "Lookup",
-    "Search",
-    "Scan",
-    "Query",
-    "BatchGet",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # the event mix
 
 
 def defaulted(e: dict[str, Any]) -> dict[str, Any]:
-    """The fields selectors read, with FORMATS.md §1's defaults (what the core selects on)."""
-    out = dict(e)
-    out.setdefault("eventCategory", "Management")
-    out.setdefault("eventType", "AwsApiCall")
-    out.setdefault("readOnly", e["eventName"].startswith(READ_ONLY_PREFIXES))
-    out.setdefault("awsRegion", HOME_REGION)
-    out.setdefault("recipientAccountId", HOME_ACCOUNT)
-    return out
+    return selectors_ref.defaulted(e, account=HOME_ACCOUNT, region=HOME_REGION)
 
 
 def _data_event(rng: random.Random, i: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import zstandard
 
+import selectors_ref
 from conftest import ACCOUNT, REGION, DaemonProcess, exchange
 from selectors_ref import logged
 from trailseal import _core, synthetic
@@ -151,28 +152,8 @@ def mixed_stream() -> list[dict[str, Any]]:
     return events
 
 
-READ_ONLY_PREFIXES = (
-    "Get",
-    "List",
-    "Describe",
-    "Head",
-    "Lookup",
-    "Search",
-    "Scan",
-    "Query",
-    "BatchGet",
-)
-
-
 def defaulted(e: dict[str, Any]) -> dict[str, Any]:
-    """The fields selectors read, with FORMATS.md §1's defaults (what the core selects on)."""
-    out = dict(e)
-    out.setdefault("eventCategory", "Management")
-    out.setdefault("eventType", "AwsApiCall")
-    out.setdefault("readOnly", e["eventName"].startswith(READ_ONLY_PREFIXES))
-    out.setdefault("awsRegion", REGION)
-    out.setdefault("recipientAccountId", ACCOUNT)
-    return out
+    return selectors_ref.defaulted(e, account=ACCOUNT, region=REGION)
 
 
 def ndjson(events: list[dict[str, Any]]) -> bytes:
