@@ -74,6 +74,8 @@ class BatchResult:
     still enter the dedup window)."""
     duplicates: int
     """Events whose eventID was already in the dedup window (acknowledged, not written)."""
+    duplicates_per_part: list[int]
+    """Per part: how many of ``duplicates`` it held (an HTTP ingest request reports its own)."""
     rejected: int
     errors: list[tuple[int, int, str, str]]
     """(part index, line number within the part counting from 1, code, message), in input order."""

@@ -153,6 +153,8 @@ pub struct BatchResult {
     /// Valid, new events no trail's selectors took: acknowledged, written nowhere.
     pub unrouted: u64,
     pub duplicates: u64,
+    /// Per part: how many of `duplicates` it held (an HTTP request reports its own).
+    pub duplicates_per_part: Vec<u64>,
     pub rejected: u64,
     /// (part index, line number in the part from 1, code, message), in input order.
     pub errors: Vec<(usize, u64, &'static str, String)>,
@@ -786,6 +788,7 @@ enum Outcome {
     /// Accepted by validation: its canonical bytes end at `end` in the slice's buffer (and start
     /// where the previous event's end), `hash` is their SHA-256.
     Event {
+        part: usize,
         end: usize,
         hash: [u8; 32],
         meta: EventMeta,
@@ -838,6 +841,7 @@ fn stage_slice(
         match event::process_event_selecting(line.text, &contexts[line.part], &mut out.buf, &select)
         {
             Ok(meta) => out.outcomes.push(Outcome::Event {
+                part: line.part,
                 end: out.buf.len(),
                 hash: chain::event_hash(&out.buf[start..]),
                 meta,
@@ -909,7 +913,7 @@ impl Sequencer<'_> {
         let res = &mut *self.res;
         let mut event_start = 0usize;
         for outcome in outcomes {
-            let (end, hash, meta) = match outcome {
+            let (part, end, hash, meta) = match outcome {
                 Outcome::Rejected {
                     part,
                     lineno,
@@ -920,12 +924,20 @@ impl Sequencer<'_> {
                         .push((part, lineno, reject.code.as_str(), reject.message));
                     continue;
                 }
-                Outcome::Event { end, hash, meta } => (end, hash, meta),
+                Outcome::Event {
+                    part,
+                    end,
+                    hash,
+                    meta,
+                } => (part, end, hash, meta),
             };
             let canonical = &buf[event_start..end];
             event_start = end;
             if !self.dedup.insert(&meta.event_id) {
                 res.duplicates += 1;
+                if let Some(count) = res.duplicates_per_part.get_mut(part) {
+                    *count += 1;
+                }
                 continue;
             }
             route(self.trails, self.home_region, &meta, &mut self.targets);
@@ -1073,6 +1085,7 @@ impl Spool {
         }
         let mut res = BatchResult {
             lines: vec![0; parts.len()],
+            duplicates_per_part: vec![0; parts.len()],
             ..BatchResult::default()
         };
         let received: Vec<String> = parts
@@ -1710,6 +1723,42 @@ mod routing_tests {
         assert_eq!(report.sha256, f.sha256);
         assert_eq!(report.chain_end, f.chain_end);
         report.event_ids
+    }
+
+    #[test]
+    fn duplicates_are_counted_per_part() {
+        let dir = temp("dup-parts");
+        let mut spool = Spool::open(SpoolConfig::new(
+            &dir.0,
+            vec!["x".into()],
+            "111122223333",
+            HOME,
+        ))
+        .expect("open");
+        let line = |id: &str| {
+            format!(r#"{{"eventID":"{id}","eventName":"GetThing","eventSource":"s.example"}}"#)
+        };
+        let first = format!("{}\n", line("a"));
+        let part = |end: usize| Part {
+            end,
+            peer: "tcp:127.0.0.1:1".into(),
+            agent: None,
+            received_at_ms: 1_767_225_600_000,
+        };
+        let r = spool
+            .process(first.as_bytes(), &[part(first.len())])
+            .expect("process");
+        assert_eq!(r.duplicates_per_part, vec![0]);
+        // part 0: a new event and a duplicate; part 1: an invalid line; part 2: two duplicates
+        let p0 = format!("{}\n{}\n", line("b"), line("a"));
+        let p1 = "{not json\n".to_owned();
+        let p2 = format!("{}\n{}\n", line("a"), line("b"));
+        let data = format!("{p0}{p1}{p2}");
+        let ends = [p0.len(), p0.len() + p1.len(), data.len()];
+        let parts: Vec<Part> = ends.iter().map(|&e| part(e)).collect();
+        let r = spool.process(data.as_bytes(), &parts).expect("process");
+        assert_eq!((r.accepted, r.duplicates, r.rejected), (1, 3, 1));
+        assert_eq!(r.duplicates_per_part, vec![1, 0, 2]);
     }
 
     #[test]

@@ -49,6 +49,7 @@ struct BatchResult {
     accepted: u64,
     unrouted: u64,
     duplicates: u64,
+    duplicates_per_part: Vec<u64>,
     rejected: u64,
     errors: Vec<(usize, u64, String, String)>,
     lines: Vec<u64>,
@@ -349,6 +350,7 @@ impl Core {
             accepted: r.accepted,
             unrouted: r.unrouted,
             duplicates: r.duplicates,
+            duplicates_per_part: r.duplicates_per_part,
             rejected: r.rejected,
             errors: r
                 .errors
