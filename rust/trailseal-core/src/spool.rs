@@ -267,6 +267,8 @@ struct Head {
 
 struct Trail {
     name: String,
+    /// false after [`Spool::set_logging`] turned it off: routing skips the trail.
+    logging: bool,
     multi_region: bool,
     compression: LogCompression,
     dir: PathBuf,
@@ -465,6 +467,7 @@ impl Trail {
         mkdir(&sealed_dir)?;
         let mut t = Trail {
             name: name.to_owned(),
+            logging: true,
             multi_region: spec.multi_region,
             compression: spec.compression,
             dir: dir.clone(),
@@ -769,7 +772,7 @@ fn route(trails: &[Trail], home_region: &str, event: &EventMeta, out: &mut Vec<u
         let i = mask.trailing_zeros() as usize;
         mask &= mask - 1;
         if let Some(t) = trails.get(i) {
-            if t.multi_region || event.region == home_region {
+            if t.logging && (t.multi_region || event.region == home_region) {
                 out.push(i);
             }
         }
@@ -1440,6 +1443,79 @@ impl Spool {
         }
         fsync_dir(&t.sealed_dir)
     }
+    /// Add a trail at run time, or change an existing one's selectors, `multi_region` and
+    /// compression. Takes effect from the next `process`; an open segment stays where it is (a
+    /// changed compression applies when it is sealed). A new trail's directory is created and
+    /// recovered like at open (a trail removed and added again continues its chains).
+    pub fn upsert_trail(&mut self, spec: TrailSpec) -> Result<()> {
+        self.check()?;
+        check_trail_name(&spec.name)?;
+        if let LogCompression::Gzip(level) = spec.compression {
+            if !(1..=9).contains(&level) {
+                return Err(CoreError::Invalid(format!(
+                    "trail {:?}: gzip level {level} is not 1 to 9",
+                    spec.name
+                )));
+            }
+        }
+        if let Some(i) = self.trails.iter().position(|t| t.name == spec.name) {
+            let t = &mut self.trails[i];
+            t.multi_region = spec.multi_region;
+            t.compression = spec.compression;
+            self.selectors[i] = spec.selectors.clone();
+            self.cfg.trails[i] = spec;
+            return Ok(());
+        }
+        if self.trails.len() >= MAX_TRAILS {
+            return Err(CoreError::Invalid(format!(
+                "trail {:?}: one spool holds at most {MAX_TRAILS} trails",
+                spec.name
+            )));
+        }
+        let t = Trail::open(&self.cfg.spool_dir, &spec, &mut self.dedup, &mut self.notes)?;
+        fsync_dir(&self.cfg.spool_dir)?;
+        self.trails.push(t);
+        self.selectors.push(spec.selectors.clone());
+        self.cfg.trails.push(spec);
+        Ok(())
+    }
+
+    /// Turn routing to a trail on or off (CloudTrail's StartLogging / StopLogging). While off,
+    /// no event is written to it; what it already holds is sealed and delivered as usual.
+    pub fn set_logging(&mut self, trail: &str, on: bool) -> Result<()> {
+        let i = self.trail_index(trail)?;
+        self.trails[i].logging = on;
+        Ok(())
+    }
+
+    /// Remove a trail that holds nothing any more (no open segment, no sealed file): its spool
+    /// directory is deleted. Refused otherwise: seal and deliver first.
+    pub fn remove_trail(&mut self, trail: &str) -> Result<()> {
+        self.check()?;
+        let i = self.trail_index(trail)?;
+        if self.trails.len() == 1 {
+            return Err(CoreError::Invalid(format!(
+                "trail {trail:?} is the spool's last trail; it keeps at least one"
+            )));
+        }
+        let t = &self.trails[i];
+        if t.open.values().any(|s| s.event_count > 0) {
+            return Err(CoreError::Invalid(format!(
+                "trail {trail:?} still has an open segment: seal it first"
+            )));
+        }
+        if !self.sealed_files(trail)?.is_empty() {
+            return Err(CoreError::Invalid(format!(
+                "trail {trail:?} still has sealed files to deliver"
+            )));
+        }
+        let dir = t.dir.clone();
+        self.trails.remove(i);
+        self.selectors.remove(i);
+        self.cfg.trails.remove(i);
+        std::fs::remove_dir_all(&dir).map_err(|e| CoreError::io("remove", &dir, e))?;
+        fsync_dir(&self.cfg.spool_dir)
+    }
 }
 
 /// A directory under the system temp dir, removed when dropped (the unit tests' spools).
@@ -1793,6 +1869,65 @@ mod routing_tests {
             assert_eq!(have, want, "trail {name}");
         }
         assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn trails_are_added_changed_stopped_and_removed_at_run_time() {
+        let dir = temp("runtime-trails");
+        let mut spool = Spool::open(SpoolConfig {
+            trails: vec![spec("all", "{}", true, false)],
+            ..SpoolConfig::new(&dir.0, vec!["x".into()], "111122223333", HOME)
+        })
+        .expect("open");
+        let evs = events();
+        let line = |i: usize| vec![evs[i].1.clone()];
+        process(&mut spool, &line(0)); // run: all
+        let w = trails().remove(1);
+        spool.upsert_trail(w).expect("add writes");
+        process(&mut spool, &line(3)); // iam-eu: all + writes
+        spool.set_logging("all", false).expect("stop all");
+        process(&mut spool, &line(1)); // describe: nobody now
+        spool.set_logging("all", true).expect("start all");
+        // writes now takes every management event, and only the home region
+        spool
+            .upsert_trail(spec("writes", "{}", false, false))
+            .expect("change writes");
+        process(&mut spool, &line(2)); // s3-write: all + writes
+        let err = spool.remove_trail("writes").expect_err("open segment");
+        assert!(err.to_string().contains("open segment"), "{err}");
+        let mut got = seal_all(&mut spool);
+        let mut all = got.remove("all").unwrap_or_default();
+        all.sort_unstable();
+        assert_eq!(all, vec!["iam-eu", "run", "s3-write"]);
+        let mut writes = got.remove("writes").unwrap_or_default();
+        writes.sort_unstable();
+        assert_eq!(writes, vec!["iam-eu", "s3-write"]);
+        // the segment opened as gzip was sealed as zstd: the compression in force at seal
+        let sealed = spool.sealed_files("writes").expect("list");
+        assert!(sealed.iter().all(|f| f.compression == "zstd"), "{sealed:?}");
+        let err = spool.remove_trail("writes").expect_err("sealed files");
+        assert!(err.to_string().contains("sealed files"), "{err}");
+        for f in sealed {
+            spool.remove_sealed("writes", f.seq).expect("remove sealed");
+        }
+        spool.remove_trail("writes").expect("remove");
+        assert!(!dir.0.join("writes").exists());
+        assert!(spool.sealed_files("writes").is_err());
+        let err = spool.remove_trail("all").expect_err("last trail");
+        assert!(err.to_string().contains("last trail"), "{err}");
+        // a new batch still routes by index correctly after the removal
+        spool
+            .upsert_trail(spec("later", "{}", true, false))
+            .expect("add later");
+        process(&mut spool, &line(4)); // put-in: a data event, neither trail takes it
+        let r = process(
+            &mut spool,
+            &[evs[0].1.replace("\"run\"", "\"run-2\"")],
+        );
+        assert_eq!(r.accepted, 1);
+        let got = seal_all(&mut spool);
+        assert_eq!(got.get("all"), Some(&vec!["run-2".to_owned()]));
+        assert_eq!(got.get("later"), Some(&vec!["run-2".to_owned()]));
     }
 
     #[test]
