@@ -70,6 +70,8 @@ class Connection:
         """Highest line number handed to the pipeline."""
         self.settled = 0
         """Highest line number settled (stored, duplicate or rejected)."""
+        self.duplicates = 0
+        """Lines settled as duplicates of stored events (HTTP ingest reports them)."""
         self.acked = -1
         """Last ack queued (-1: none yet)."""
         self.closed = False
@@ -321,6 +323,8 @@ def settle_batch(done: Processed, stats: PipelineStats) -> None:
         if isinstance(item, Chunk):
             for rel, code, message in part_errors.get(part, ()):
                 replies.append(error_reply(item.first_line + rel - 1, code, message))
+            if done.result is not None:
+                conn.duplicates += done.result.duplicates_per_part[part]
             upto = item.first_line + item.lines - 1
             part += 1
         else:

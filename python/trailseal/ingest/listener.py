@@ -252,6 +252,16 @@ class Ingest:
                     await self._submit(conn, item, received_ms)
                 return
 
+    async def submit_body(self, conn: Connection, body: bytes) -> int:
+        """Submit one whole request body (``POST /v1/events``) as a connection's lines, through
+        the same path as socket lines; return how many lines it held. The caller waits for
+        :meth:`Connection.wait_settled`."""
+        framer = LineFramer(self.config.max_event_bytes)
+        received_ms = time.time_ns() // 1_000_000
+        for item in framer.feed(body) + framer.eof():
+            await self._submit(conn, item, received_ms)
+        return framer.next_line - 1
+
     async def _submit(
         self, conn: Connection, item: Chunk | EventTooLarge, received_ms: int
     ) -> None:
