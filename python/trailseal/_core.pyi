@@ -206,6 +206,22 @@ class Core:
     def remove_sealed(self, trail: str, seq: int) -> None:
         """Delete a delivered sealed file and its manifest."""
 
+    def upsert_trail(self, spec: TrailSpec) -> None:
+        """Add a trail at run time (its spool directory created and recovered like at open), or
+        change an existing one's selectors, ``multi_region`` and compression. Takes effect from
+        the next ``process``; an open segment stays (a changed compression applies at its seal).
+        Raises CoreError beyond 64 trails. Releases the GIL."""
+
+    def set_logging(self, trail: str, on: bool) -> None:
+        """Turn routing to ``trail`` on or off (StartLogging / StopLogging). While off no event is
+        written to it; what it holds is still sealed and delivered. Raises CoreError for an
+        unknown trail."""
+
+    def remove_trail(self, trail: str) -> None:
+        """Remove a trail that holds nothing any more (no open segment, no sealed file) and delete
+        its spool directory; refused (CoreError) otherwise, and for the Core's last trail.
+        Releases the GIL."""
+
 def canonicalize(data: bytes) -> bytes:
     """RFC 8785 canonical form of one JSON text (any value). Raises ValueError naming it."""
 

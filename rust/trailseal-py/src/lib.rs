@@ -456,6 +456,23 @@ impl Core {
         py.detach(|| self.lock()?.remove_sealed(trail, seq))
             .map_err(core_err)
     }
+
+    fn upsert_trail(&self, py: Python<'_>, spec: Py<TrailSpec>) -> PyResult<()> {
+        let spec = TrailArg::Spec(spec).into_spec()?;
+        py.detach(|| self.lock()?.upsert_trail(spec))
+            .map_err(core_err)
+    }
+
+    fn set_logging(&self, trail: &str, on: bool) -> PyResult<()> {
+        self.lock()
+            .and_then(|mut s| s.set_logging(trail, on))
+            .map_err(core_err)
+    }
+
+    fn remove_trail(&self, py: Python<'_>, trail: &str) -> PyResult<()> {
+        py.detach(|| self.lock()?.remove_trail(trail))
+            .map_err(core_err)
+    }
 }
 
 #[pyfunction]
