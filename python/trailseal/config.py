@@ -59,6 +59,9 @@ class ApiConfig:
     listen: tuple[str, int] | None = ("127.0.0.1", 7708)
     access_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     """access key id → (secret, role); role is "admin" or "read"."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body the API listener takes (413 beyond): a CloudTrail call or a
+    ``POST /v1/events`` batch."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,7 @@ _ACCOUNT_RE = re.compile(r"\d{12}")
 _REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TRAIL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ORG_RE = re.compile(r"o-[a-z0-9]{10,32}")
+_ACCESS_KEY_RE = re.compile(r"[A-Za-z0-9_]{4,128}")
 
 _TOP_LEVEL = {"daemon", "ingest", "api", "trails"}
 
@@ -406,9 +410,15 @@ def _load_ingest(s: _Section, data_dir: Path) -> IngestConfig:
 
 def _load_api(s: _Section, where: str) -> ApiConfig:
     listen = s.listen("listen", ("127.0.0.1", 7708))
+    max_body_bytes = s.integer("max_body_bytes", 16 * 1024 * 1024, minimum=1024)
     access_keys: dict[str, tuple[str, str]] = {}
     for key_id, table in s.table_of("access_keys").items():
         sub = _Section(where, f"api.access_keys.{key_id}", table, None)
+        if not _ACCESS_KEY_RE.fullmatch(key_id):
+            raise ConfigError(
+                f"{where}: [api.access_keys.{key_id}]: {key_id!r} is not an access key id: use "
+                "4-128 letters, digits or '_' (like AKIAEXAMPLEKEY000001)"
+            )
         if not isinstance(table, dict):
             raise sub.error("", "expected a table with secret and role")
         secret = sub.string("secret", "")
@@ -418,7 +428,7 @@ def _load_api(s: _Section, where: str) -> ApiConfig:
         sub.check_unknown()
         access_keys[key_id] = (secret, role)
     s.check_unknown()
-    return ApiConfig(listen=listen, access_keys=access_keys)
+    return ApiConfig(listen=listen, access_keys=access_keys, max_body_bytes=max_body_bytes)
 
 
 _COMPRESSIONS: dict[str, str | None] = {"zstd": None, "gzip": None}

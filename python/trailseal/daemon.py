@@ -34,7 +34,9 @@ import trio
 
 from trailseal import _core, metrics
 from trailseal import config as config_mod
+from trailseal.api import access_keys as api_keys
 from trailseal.api import server as api_server
+from trailseal.api.cloudtrail import ApiState, CloudTrailApi
 from trailseal.config import Config, TrailConfig
 from trailseal.delivery import retention, uploader
 from trailseal.delivery.destination import Destination, open_destination
@@ -42,6 +44,7 @@ from trailseal.delivery.digest import DigestWriter
 from trailseal.delivery.notify import Notifier
 from trailseal.delivery.signer import Signer
 from trailseal.errors import DeliveryError, TrailsealError
+from trailseal.ingest.http import HttpIngest
 from trailseal.ingest.listener import Ingest, bind_tcp, bind_unix
 from trailseal.pipeline import CoreRunner, PipelineStats, Sealer, Submission, run_batcher
 
@@ -133,6 +136,7 @@ class _Prepared:
     destinations: dict[str, Destination]
     sockets: list[tuple[socket.socket, str]]
     api_socket: socket.socket | None = None
+    access_keys: api_keys.AccessKeys | None = None
 
     def close(self) -> None:
         if self.api_socket is not None:
@@ -228,6 +232,7 @@ def _prepare(config: Config) -> _Prepared:
             sockets.append((bind_tcp(*config.ingest.tcp_listen), "tcp"))
         if config.api.listen is not None:
             prepared.api_socket = api_server.bind(*config.api.listen)
+            prepared.access_keys = api_keys.load(config.api, data_dir, create=True)
     except TrailsealError as exc:
         prepared.close()
         raise StartupError(str(exc)) from None
@@ -299,7 +304,17 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                 side.append(trio.CancelScope())
                 await root.start(_cancellable, side[-1], run)
 
-            api = api_server.ApiServer()
+            api = api_server.ApiServer(max_body_bytes=config.api.max_body_bytes)
+            api_state: ApiState | None = None
+            if prepared.access_keys is not None:
+                api_state = ApiState(
+                    config=config,
+                    signer=prepared.signer,
+                    data_dir=data_dir,
+                    destinations=prepared.destinations,
+                    access_keys=prepared.access_keys,
+                )
+                CloudTrailApi(api_state).install(api)
             if prepared.api_socket is not None:
                 await start_side(partial(api.serve, prepared.api_socket))
             for notifier in notifiers.values():
@@ -368,6 +383,7 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                         await pipeline.start(_cancellable, timer, sealer.run)
 
                         ingest = Ingest(config.ingest, submit)
+                        HttpIngest(ingest).install(api)
                         metrics.CONNECTIONS.set_function(lambda: ingest.connections)
                         async with trio.open_nursery() as listeners:
                             for sock, kind in prepared.sockets:
@@ -465,7 +481,13 @@ def _announce(config: Config, prepared: _Prepared) -> None:
     if config.api.listen:
         host, port = config.api.listen
         shown = f"[{host}]" if ":" in host else host
-        lines.append(f"api: http://{shown}:{port} (/metrics, /healthz)")
+        lines.append(f"api: http://{shown}:{port} (CloudTrail API, /v1/events, /metrics, /healthz)")
+        keys = prepared.access_keys
+        if keys is not None and keys.generated_path is not None:
+            lines.append(
+                f"api access key: {keys.generated_path} (`trailseal api credentials` prints it "
+                "for the AWS CLI)"
+            )
     else:
         lines.append("api: disabled")
     lines.append(f"signing key: {prepared.signer.fingerprint}")
