@@ -94,6 +94,18 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--config", type=Path, help="find the API address from this config file")
     where.add_argument("--api", metavar="HOST:PORT", help="the daemon's [api] listen address")
 
+    api = sub.add_parser("api", help="the CloudTrail API: credentials for the AWS CLI")
+    api_sub = api.add_subparsers(dest="api_command", required=True, metavar="SUBCOMMAND")
+    credentials = api_sub.add_parser(
+        "credentials",
+        help="print export lines pointing the stock AWS CLI at the daemon",
+        description="Print AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_CLOUDTRAIL "
+        "and AWS_DEFAULT_REGION as shell export lines (eval them), from the config's first admin "
+        "key or the daemon's generated one.",
+    )
+    credentials.add_argument("--config", type=Path, help="the daemon's config file")
+    credentials.add_argument("--endpoint-url", help="the API's URL (default: [api] listen)")
+
     keys = sub.add_parser("keys", help="manage the digest signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     export = keys_sub.add_parser("export", help="print the public signing keys as PEM")
@@ -119,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trailseal.api import status
 
         return status.main(args)
+    if args.command == "api":
+        from trailseal.api import connect
+
+        return connect.credentials_main(args)
     if args.command == "keys":
         from trailseal.delivery import signer
 
