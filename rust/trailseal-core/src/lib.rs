@@ -10,6 +10,7 @@
 //! - [`dedup`]: the persisted eventID window.
 //! - [`spool`]: a batch in, one result out: the orchestration the Python binding exposes.
 //! - [`verify`]: verification of sealed log files.
+//! - [`history`]: the SQLite event history (LookupEvents), fed by tailing the spool.
 #![forbid(unsafe_code)]
 
 pub mod canonical;
@@ -17,6 +18,7 @@ pub mod chain;
 pub mod dedup;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod lines;
 pub mod segment;
 pub mod select;
