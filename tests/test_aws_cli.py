@@ -32,13 +32,16 @@ from s3server import ACCESS_KEY, SECRET_KEY
 TRAIL = "default"
 PREFIX = "audit"
 ARN = f"arn:aws:cloudtrail:{REGION}:{ACCOUNT}:trail/{TRAIL}"
+OTHER_REGION = "us-east-1"
+"""Every fifth event happened there: the multi-region trail has a second stream, validated with
+``--region us-east-1`` (the CLI's source region) against the same trail ARN (home region)."""
 WAVES = 3
 EVENTS_PER_WAVE = 25
 CLI_TIMEOUT_SECS = 120
 
 
 def aws(
-    args: list[str], *, api: str, s3_endpoint: str, home: Path
+    args: list[str], *, api: str, s3_endpoint: str, home: Path, region: str = REGION
 ) -> subprocess.CompletedProcess[str]:
     """Run the stock ``aws`` with only the environment this test gives it."""
     script = Path(sys.executable).parent / "aws"
@@ -55,7 +58,7 @@ def aws(
         "AWS_MAX_ATTEMPTS": "2",
     }
     return subprocess.run(
-        [sys.executable, str(script), *args, "--region", REGION],
+        [sys.executable, str(script), *args, "--region", region],
         env=env,
         capture_output=True,
         text=True,
@@ -89,6 +92,7 @@ def delivered(s3: Any, daemon: Callable[..., DaemonProcess], tmp_path: Path) -> 
                 {
                     "eventName": "PutObject" if n % 2 else "GetObject",
                     "eventSource": "s3.amazonaws.com",
+                    "awsRegion": OTHER_REGION if n % 5 == 0 else REGION,
                     "requestParameters": {"wave": wave, "n": n},
                 }
             ).encode()
@@ -98,12 +102,12 @@ def delivered(s3: Any, daemon: Callable[..., DaemonProcess], tmp_path: Path) -> 
         with d.connect_unix() as sock:
             assert exchange(sock, lines)[-1] == {"ack": EVENTS_PER_WAVE}
         wait_until(
-            lambda w=wave: len(keys(client, bucket, "/CloudTrail/")) > w,
+            lambda w=wave: len(keys(client, bucket, f"/CloudTrail/{REGION}/")) > w,
             timeout=60,
             what=f"log file {wave + 1} in s3://{bucket}",
         )
     wait_until(
-        lambda: len(keys(client, bucket, "/CloudTrail-Digest/")) >= 2,
+        lambda: len(keys(client, bucket, f"/CloudTrail-Digest/{REGION}/")) >= 2,
         timeout=60,
         what="two periodic digests",
     )
@@ -132,18 +136,30 @@ def test_validate_logs_accepts_delivery_and_catches_tampering(
     start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
     bucket, api = delivered(s3, daemon, tmp_path)
     client = s3.client()
-    logs = keys(client, bucket, "/CloudTrail/")
-    digests = keys(client, bucket, "/CloudTrail-Digest/")
+    logs = keys(client, bucket, f"/CloudTrail/{REGION}/")
+    digests = keys(client, bucket, f"/CloudTrail-Digest/{REGION}/")
     assert len(logs) >= WAVES and len(digests) >= 3, (logs, digests)
     assert all(k.endswith(".json.gz") for k in logs)
 
-    def validate() -> subprocess.CompletedProcess[str]:
+    def validate(region: str = REGION) -> subprocess.CompletedProcess[str]:
         return aws(
             ["cloudtrail", "validate-logs", "--trail-arn", ARN, "--start-time", start, "--verbose"],
             api=api,
             s3_endpoint=s3.endpoint,
             home=tmp_path,
+            region=region,
         )
+
+    # the second region's stream: its own log files and digest chain, the same trail ARN
+    other_logs = keys(client, bucket, f"/CloudTrail/{OTHER_REGION}/")
+    other_digests = keys(client, bucket, f"/CloudTrail-Digest/{OTHER_REGION}/")
+    assert other_logs and other_digests
+    run = validate(OTHER_REGION)
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert summary(run.stdout) == [
+        f"{len(other_digests)}/{len(other_digests)} digest files valid",
+        f"{len(other_logs)}/{len(other_logs)} log files valid",
+    ], run.stdout
 
     run = validate()
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
