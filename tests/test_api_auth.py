@@ -324,3 +324,31 @@ def test_stock_aws_cli(daemon: Callable[..., DaemonProcess]) -> None:
         check=False,
     )
     assert out.returncode != 0 and "InvalidSignatureException" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('[api.access_keys.AKIAGOODKEY00000001]\nrole = "admin"\n', "secret: missing"),
+        (
+            '[api.access_keys.AKIAGOODKEY00000001]\nsecret = "s"\nrole = "root"\n',
+            "role: 'root' is not one of 'admin', 'read'",
+        ),
+        ('[api.access_keys."bad/id"]\nsecret = "s"\n', "'bad/id' is not an access key id"),
+        (
+            '[api.access_keys.AKIAGOODKEY00000001]\nsecret = "s"\nrule = "admin"\n',
+            "rule: unknown key (did you mean role?)",
+        ),
+        ("[api]\nmax_body_bytes = 10\n", "max_body_bytes: 10 is too small"),
+    ],
+)
+def test_access_key_config_errors(tmp_path: Path, section: str, expected: str) -> None:
+    from trailseal import config as config_mod
+    from trailseal.errors import ConfigError
+
+    path = tmp_path / "trailseal.toml"
+    path.write_text(f'[daemon]\ndata_dir = "{tmp_path}"\n{section}')
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)

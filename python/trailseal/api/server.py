@@ -1,18 +1,21 @@
 """The API listener (``[api] listen``, default 127.0.0.1:7708): a small HTTP/1.1 server on trio.
 
 HTTP is parsed by ``h11`` (sans-IO; the library hypercorn is built on); this module only moves
-bytes, enforces the limits and dispatches to routes. Routes today:
+bytes, enforces the limits and dispatches to routes. Routes:
 
-    GET /metrics   Prometheus text exposition of :data:`trailseal.metrics.REGISTRY`
-    GET /healthz   JSON: {"status": "ok"|"degraded", "uptime_secs", "trails": {name: {...}}}
-                   (200 when ok, 503 when degraded)
-    anything else  404 (405 for a known path with another method), JSON {"error","message"}
+    GET /metrics     Prometheus text exposition of :data:`trailseal.metrics.REGISTRY`
+    GET /healthz     JSON: {"status": "ok"|"degraded", "uptime_secs", "trails": {name: {...}}}
+                     (200 when ok, 503 when degraded)
+    POST /           the CloudTrail API, AWS JSON 1.1 + SigV4 (:mod:`trailseal.api.cloudtrail`)
+    POST /v1/events  HTTP ingest, NDJSON (:mod:`trailseal.ingest.http`)
+    anything else    404 (405 for a known path with another method), JSON {"error","message"}
 
-Later issues add ``POST /`` (the CloudTrail JSON API) and ``POST /v1/events`` with
-:meth:`ApiServer.route`; a handler gets a :class:`Request` (the whole body, already bounded by
-``max_body_bytes``) and returns a :class:`Response`.
+The last two are added by the daemon with :meth:`ApiServer.route`; a handler gets a
+:class:`Request` (the whole body, already bounded by ``max_body_bytes``) and returns a
+:class:`Response`.
 
-Limits: request head ≤ :data:`MAX_HEAD_BYTES`, body ≤ ``max_body_bytes`` (413 beyond), each read
+Limits: request head ≤ :data:`MAX_HEAD_BYTES`, body ≤ ``max_body_bytes`` (``[api]
+max_body_bytes``, 413 beyond), each read
 must make progress within :data:`READ_TIMEOUT_SECS` (else the connection is closed; 408 when a
 request was under way), an idle keep-alive connection is closed after :data:`IDLE_TIMEOUT_SECS`,
 at most :data:`MAX_CONNECTIONS` at once (further ones wait in the kernel's backlog).
