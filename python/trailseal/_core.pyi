@@ -25,6 +25,7 @@ events whose awsRegion is the Core's ``region``). Dedup is per Core, before rout
 segments are always zstd; a gzip trail's segment is transcoded at seal into one gzip member.
 """
 
+import os
 from typing import Self, final
 
 from trailseal.errors import TrailsealError
@@ -221,6 +222,83 @@ class Core:
         """Remove a trail that holds nothing any more (no open segment, no sealed file) and delete
         its spool directory; refused (CoreError) otherwise, and for the Core's last trail.
         Releases the GIL."""
+
+@final
+class IndexReport:
+    """What one :meth:`History.index_spool` call did."""
+
+    events: int
+    """Events read from the spool (an event several trails took counts once per trail)."""
+    inserted: int
+    """Events newly added to the history."""
+    more: bool
+    """The call stopped at its ``max_events`` budget: more is waiting."""
+
+@final
+class HistoryEvent:
+    """One event found by :meth:`History.lookup` (its lookup fields, read from the record)."""
+
+    event_id: str
+    event_name: str
+    event_time: int
+    """Epoch seconds."""
+    read_only: bool
+    username: str | None
+    """``userIdentity.userName``, else the session name of an assumed role."""
+    access_key_id: str | None
+    event_source: str
+    insight: bool
+    resources: list[tuple[str | None, str | None]]
+    """(type, ARN) of each entry of the record's ``resources``."""
+    cloudtrail_event: str
+    """The record: its canonical JSON text."""
+
+@final
+class History:
+    """The event history: a SQLite database (WAL) of every event in the spool, for LookupEvents.
+    All SQLite access of the process is here (never open the file from Python). Thread-safe:
+    indexing and retention take a writer connection, lookups a reader connection of their own."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> Self:
+        """Open (creating if needed) the database. Raises CoreError (e.g. another schema)."""
+
+    def index_spool(
+        self, spool_dir: str | os.PathLike[str], max_events: int = 100_000
+    ) -> IndexReport:
+        """Index what is new in the spool (every trail directory): whole zstd frames of open
+        segments, sealed files not wholly indexed; about ``max_events`` events at most (whole
+        frames). Progress is stored with the rows it covers. Releases the GIL."""
+
+    def covered(self, trail: str, seq: int) -> bool:
+        """Whether the trail's sealed file ``seq`` is wholly indexed (so it may be removed)."""
+
+    def add_log(self, data: bytes, compression: str) -> tuple[int, int]:
+        """Index a delivered log file's bytes ("zstd" or "gzip"): (events, newly inserted).
+        Raises CoreError when it is not a log file. Releases the GIL."""
+
+    def expire(self, cutoff_ms: int, max_rows: int = 5000) -> int:
+        """Delete up to ``max_rows`` events whose eventTime is before ``cutoff_ms`` (epoch ms),
+        oldest first, in one transaction; returns how many. Releases the GIL."""
+
+    def count(self) -> int:
+        """Events in the history."""
+
+    def lookup(
+        self,
+        *,
+        attribute_key: str | None = None,
+        attribute_value: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        insight: bool = False,
+        limit: int = 50,
+        after: tuple[int, int] | None = None,
+    ) -> tuple[list[HistoryEvent], tuple[int, int] | None]:
+        """Up to ``limit`` events, newest first (eventTime, then indexing order), with the one
+        attribute (CloudTrail's AttributeKey names; ValueError for another), eventTime within
+        [start_ms, end_ms], Insight events when ``insight`` else every other category, strictly
+        after the cursor ``after``; and the cursor of the next page when more remain. Releases
+        the GIL."""
 
 def canonicalize(data: bytes) -> bytes:
     """RFC 8785 canonical form of one JSON text (any value). Raises ValueError naming it."""

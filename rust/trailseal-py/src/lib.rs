@@ -12,7 +12,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyType};
 
 use trailseal_core::spool::{self, LogCompression, Part, Sealing, Spool, SpoolConfig};
-use trailseal_core::{chain, verify, CoreError};
+use trailseal_core::{chain, history, verify, CoreError};
 
 static CORE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
@@ -475,6 +475,149 @@ impl Core {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The event history (trailseal_core::history): SQLite, fed by tailing the spool
+
+#[pyclass(frozen, get_all, module = "trailseal._core")]
+struct IndexReport {
+    events: u64,
+    inserted: u64,
+    more: bool,
+}
+
+#[pyclass(frozen, get_all, module = "trailseal._core")]
+struct HistoryEvent {
+    event_id: String,
+    event_name: String,
+    event_time: i64,
+    read_only: bool,
+    username: Option<String>,
+    access_key_id: Option<String>,
+    event_source: String,
+    insight: bool,
+    resources: Vec<(Option<String>, Option<String>)>,
+    cloudtrail_event: String,
+}
+
+#[pymethods]
+impl HistoryEvent {
+    fn __repr__(&self) -> String {
+        format!(
+            "HistoryEvent(event_id={:?}, event_name={:?}, event_time={})",
+            self.event_id, self.event_name, self.event_time
+        )
+    }
+}
+
+/// A lookup's events and the cursor of the next page.
+type LookupPage = (Vec<HistoryEvent>, Option<(i64, i64)>);
+
+#[pyclass(frozen, module = "trailseal._core")]
+struct History {
+    inner: history::History,
+}
+
+#[pymethods]
+impl History {
+    #[new]
+    fn new(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let inner = py
+            .detach(|| history::History::open(&path))
+            .map_err(core_err)?;
+        Ok(History { inner })
+    }
+
+    #[pyo3(signature = (spool_dir, max_events = 100_000))]
+    fn index_spool(
+        &self,
+        py: Python<'_>,
+        spool_dir: std::path::PathBuf,
+        max_events: u64,
+    ) -> PyResult<IndexReport> {
+        let r = py
+            .detach(|| self.inner.index_spool(&spool_dir, max_events))
+            .map_err(core_err)?;
+        Ok(IndexReport {
+            events: r.events,
+            inserted: r.inserted,
+            more: r.more,
+        })
+    }
+
+    fn covered(&self, py: Python<'_>, trail: &str, seq: u64) -> PyResult<bool> {
+        py.detach(|| self.inner.covered(trail, seq))
+            .map_err(core_err)
+    }
+
+    fn add_log(&self, py: Python<'_>, data: &[u8], compression: &str) -> PyResult<(u64, u64)> {
+        let comp = verify::Compression::parse(compression).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "compression {compression:?} is not known: use \"zstd\" or \"gzip\""
+            ))
+        })?;
+        py.detach(|| self.inner.add_log(data, comp))
+            .map_err(core_err)
+    }
+
+    #[pyo3(signature = (cutoff_ms, max_rows = 5000))]
+    fn expire(&self, py: Python<'_>, cutoff_ms: i64, max_rows: u64) -> PyResult<u64> {
+        py.detach(|| self.inner.expire(cutoff_ms, max_rows))
+            .map_err(core_err)
+    }
+
+    fn count(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.count()).map_err(core_err)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (*, attribute_key = None, attribute_value = None, start_ms = None,
+                        end_ms = None, insight = false, limit = 50, after = None))]
+    fn lookup(
+        &self,
+        py: Python<'_>,
+        attribute_key: Option<&str>,
+        attribute_value: Option<&str>,
+        start_ms: Option<i64>,
+        end_ms: Option<i64>,
+        insight: bool,
+        limit: usize,
+        after: Option<(i64, i64)>,
+    ) -> PyResult<LookupPage> {
+        let attribute = match attribute_key {
+            None => None,
+            Some(k) => Some(
+                history::Attribute::parse(k, attribute_value.unwrap_or(""))
+                    .ok_or_else(|| PyValueError::new_err(format!("unknown attribute key {k:?}")))?,
+            ),
+        };
+        let q = history::Query {
+            attribute,
+            start_ms,
+            end_ms,
+            insight,
+            limit,
+            after,
+        };
+        let (found, next) = py.detach(|| self.inner.lookup(&q)).map_err(core_err)?;
+        let events = found
+            .into_iter()
+            .map(|f| HistoryEvent {
+                event_id: f.fields.event_id,
+                event_name: f.fields.event_name,
+                event_time: f.fields.event_time_ms.div_euclid(1000),
+                read_only: f.fields.read_only,
+                username: f.fields.username,
+                access_key_id: f.fields.access_key_id,
+                event_source: f.fields.event_source,
+                insight: f.fields.insight,
+                resources: f.fields.resources,
+                cloudtrail_event: f.record,
+            })
+            .collect();
+        Ok((events, next))
+    }
+}
+
 #[pyfunction]
 fn canonicalize<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     let out = trailseal_core::canonical::canonicalize(data)
@@ -548,6 +691,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SealedFile>()?;
     m.add_class::<VerifyReport>()?;
     m.add_class::<PendingSync>()?;
+    m.add_class::<History>()?;
+    m.add_class::<HistoryEvent>()?;
+    m.add_class::<IndexReport>()?;
     m.add_function(wrap_pyfunction!(canonicalize, m)?)?;
     m.add_function(wrap_pyfunction!(chain_step, m)?)?;
     m.add_function(wrap_pyfunction!(verify_log, m)?)?;
