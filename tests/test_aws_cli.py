@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,15 @@ def test_validate_logs_accepts_delivery_and_catches_tampering(
     )
     assert run.returncode != 0
     assert "TrailNotFoundException" in run.stderr
+    run = aws(
+        ["cloudtrail", "get-trail-status", "--name", TRAIL],
+        api=api,
+        s3_endpoint=s3.endpoint,
+        home=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    status = json.loads(run.stdout)
+    assert status["IsLogging"] is True
+    newest_digest_end = max(k[-24:-8] for k in digests + other_digests)  # key: <end>.json.gz
+    latest = datetime.fromtimestamp(status["LatestDigestDeliveryTime"], UTC)  # epoch (CLI v1)
+    assert f"{latest.astimezone(UTC):%Y%m%dT%H%M%SZ}" == newest_digest_end, status
