@@ -70,7 +70,10 @@ def _events(n: int, tag: str) -> bytes:
 
 def test_metrics_match_what_was_sent(daemon: Any) -> None:
     port = free_tcp_port()
-    d: DaemonProcess = daemon(api={"listen": f"127.0.0.1:{port}"}, trail={"seal_after_secs": 0.3})
+    d: DaemonProcess = daemon(
+        api={"listen": f"127.0.0.1:{port}", "max_body_bytes": 1024 * 1024},
+        trail={"seal_after_secs": 0.3},
+    )
     assert f"api: http://127.0.0.1:{port}" in d.stderr()
     # InvalidJson, MissingField, InvalidJson
     bad = b'{"eventName":\n{"eventSource":"s"}\nnot json\n'
