@@ -142,9 +142,9 @@ def test_validate_logs_accepts_delivery_and_catches_tampering(
     assert len(logs) >= WAVES and len(digests) >= 3, (logs, digests)
     assert all(k.endswith(".json.gz") for k in logs)
 
-    def validate(region: str = REGION) -> subprocess.CompletedProcess[str]:
+    def validate(region: str = REGION, since: str = start) -> subprocess.CompletedProcess[str]:
         return aws(
-            ["cloudtrail", "validate-logs", "--trail-arn", ARN, "--start-time", start, "--verbose"],
+            ["cloudtrail", "validate-logs", "--trail-arn", ARN, "--start-time", since, "--verbose"],
             api=api,
             s3_endpoint=s3.endpoint,
             home=tmp_path,
@@ -173,6 +173,25 @@ def test_validate_logs_accepts_delivery_and_catches_tampering(
         assert f"Digest file\ts3://{bucket}/{key}\tvalid\n" in run.stdout
     for key in logs:
         assert f"Log file\ts3://{bucket}/{key}\tvalid\n" in run.stdout
+    assert run.stderr == ""
+
+    # --start-time inside the chain: exactly the digests ending at or after it (the windows are
+    # contiguous, so no gap is reported), and the log files those digests list
+    since = datetime.strptime(digests[1][-24:-8], "%Y%m%dT%H%M%SZ").strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = digests[1:]
+    listed = [
+        f["s3Object"]
+        for key in later
+        for f in json.loads(
+            gzip.decompress(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        )["logFiles"]
+    ]
+    run = validate(since=since)
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    ratios = [f"{len(later)}/{len(later)} digest files valid"]
+    ratios += [f"{len(listed)}/{len(listed)} log files valid"] if listed else []
+    assert summary(run.stdout) == ratios, run.stdout
+    assert f"Digest file\ts3://{bucket}/{digests[0]}\t" not in run.stdout
     assert run.stderr == ""
 
     # overwrite one log file with different (well-formed) content; delete another
