@@ -65,6 +65,16 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """``[history]``: the event history that LookupEvents and ``trailseal lookup`` read."""
+
+    enabled: bool = True
+    days: int = 90
+    """Events whose eventTime is older than this many days are deleted (continuously); 0 keeps
+    them forever."""
+
+
+@dataclass(frozen=True)
 class TrailConfig:
     name: str
     destination: str
@@ -107,6 +117,7 @@ class Config:
     trails: dict[str, TrailConfig]
     source: Path | None = None
     """The file this was read from; None for the embedded defaults."""
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +299,7 @@ _TRAIL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ORG_RE = re.compile(r"o-[a-z0-9]{10,32}")
 _ACCESS_KEY_RE = re.compile(r"[A-Za-z0-9_]{4,128}")
 
-_TOP_LEVEL = {"daemon", "ingest", "api", "trails"}
+_TOP_LEVEL = {"daemon", "ingest", "api", "trails", "history"}
 
 
 def load(path: Path | None) -> Config:
@@ -337,7 +348,17 @@ def load(path: Path | None) -> Config:
                 "digits, '.', '_' or '-', starting with a letter or digit"
             )
         trails[name] = _load_trail(_Section(where, f"trails.{name}", table, base), name, daemon)
-    return Config(daemon=daemon, ingest=ingest, api=api, trails=trails, source=source)
+    history = _load_history(_Section(where, "history", raw.get("history", {}), base))
+    return Config(
+        daemon=daemon, ingest=ingest, api=api, trails=trails, source=source, history=history
+    )
+
+
+def _load_history(s: _Section) -> HistoryConfig:
+    enabled = s.boolean("enabled", True)
+    days = s.integer("days", 90, minimum=0)
+    s.check_unknown()
+    return HistoryConfig(enabled=enabled, days=days)
 
 
 def _load_daemon(s: _Section) -> DaemonConfig:
@@ -587,4 +608,5 @@ def describe(config: Config) -> str:
         out.append(f"# access keys: {', '.join(sorted(config.api.access_keys))}")
     for trail in config.trails.values():
         out += section(f"trails.{trail.name}", trail, lambda n: n == "name")
+    out += section("history", config.history, lambda n: False)
     return "\n".join(out)

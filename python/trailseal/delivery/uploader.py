@@ -23,7 +23,7 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -43,6 +43,22 @@ PENDING_NAME = "pending-digest.json"
 BACKOFF_FIRST_SECS = 0.5
 BACKOFF_MAX_SECS = 60.0
 FAILURES_BEFORE_ERROR = 5
+
+_history: HistoryGate | None = None
+
+
+class HistoryGate(Protocol):
+    """The event history, as the uploader sees it (:class:`trailseal.history.EventHistory`)."""
+
+    async def wait_covered(self, trail: str, seq: int) -> None: ...
+
+
+def set_history(history: HistoryGate | None) -> None:
+    """Gate every removal from the spool on the event history having indexed the file (the
+    daemon sets this when ``[history] enabled``)."""
+    global _history
+    _history = history
+
 
 _locks: dict[Path, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -201,6 +217,8 @@ async def deliver_one(
         f"recording delivered file {key} in {state.delivered_path}",
         lambda: state.append_delivered(entry),
     )
+    if _history is not None:  # the history must have read the file before it leaves the spool
+        await _history.wait_covered(sealed.trail, sealed.seq)
     await retry_forever(
         f"removing delivered file seq {sealed.seq} of trail {sealed.trail} from the spool",
         lambda: core.remove_sealed(sealed.trail, sealed.seq),
