@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     credentials.add_argument("--config", type=Path, help="the daemon's config file")
     credentials.add_argument("--endpoint-url", help="the API's URL (default: [api] listen)")
 
+    from trailseal.api import trail_commands
+
+    trail_commands.add_parser(sub)
+
     keys = sub.add_parser("keys", help="manage the digest signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     export = keys_sub.add_parser("export", help="print the public signing keys as PEM")
@@ -135,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trailseal.api import connect
 
         return connect.credentials_main(args)
+    if args.command == "trails":
+        from trailseal.api import trail_commands
+
+        return trail_commands.main(args)
     if args.command == "keys":
         from trailseal.delivery import signer
 

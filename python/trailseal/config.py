@@ -62,6 +62,11 @@ class ApiConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     """Largest request body the API listener takes (413 beyond): a CloudTrail call or a
     ``POST /v1/events`` batch."""
+    trail_buckets: str = ""
+    """Where the bucket of a trail made with CreateTrail lives: ``file:///dir`` (bucket ``B`` is
+    the directory ``/dir/B``; default ``file://<data_dir>/buckets``) or ``s3``."""
+    trail_s3_endpoint_url: str = ""
+    """With ``trail_buckets = "s3"``: the S3-compatible server ("" is the AWS SDK default)."""
 
 
 @dataclass(frozen=True)
@@ -333,7 +338,7 @@ def load(path: Path | None) -> Config:
 
     daemon = _load_daemon(_Section(where, "daemon", raw.get("daemon", {}), base))
     ingest = _load_ingest(_Section(where, "ingest", raw.get("ingest", {}), base), daemon.data_dir)
-    api = _load_api(_Section(where, "api", raw.get("api", {}), base), where)
+    api = _load_api(_Section(where, "api", raw.get("api", {}), base), where, daemon)
 
     trails_raw: dict[str, Any] = raw.get("trails", {})
     if not trails_raw:
@@ -429,7 +434,7 @@ def _load_ingest(s: _Section, data_dir: Path) -> IngestConfig:
     )
 
 
-def _load_api(s: _Section, where: str) -> ApiConfig:
+def _load_api(s: _Section, where: str, daemon: DaemonConfig) -> ApiConfig:
     listen = s.listen("listen", ("127.0.0.1", 7708))
     max_body_bytes = s.integer("max_body_bytes", 16 * 1024 * 1024, minimum=1024)
     access_keys: dict[str, tuple[str, str]] = {}
@@ -448,8 +453,22 @@ def _load_api(s: _Section, where: str) -> ApiConfig:
         role = sub.choice("role", "read", {"admin": None, "read": None})
         sub.check_unknown()
         access_keys[key_id] = (secret, role)
+    trail_buckets = s.string("trail_buckets", f"file://{daemon.data_dir / 'buckets'}")
+    if trail_buckets != "s3" and (
+        not trail_buckets.startswith("file:///") or trail_buckets.rstrip("/") == "file://"
+    ):
+        raise s.error("trail_buckets", f'{trail_buckets!r} is not file:///absolute/dir or "s3"')
+    endpoint = s.string("trail_s3_endpoint_url", "")
+    if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+        raise s.error("trail_s3_endpoint_url", f"{endpoint!r} is not an http(s)://host[:port] URL")
     s.check_unknown()
-    return ApiConfig(listen=listen, access_keys=access_keys, max_body_bytes=max_body_bytes)
+    return ApiConfig(
+        listen=listen,
+        access_keys=access_keys,
+        max_body_bytes=max_body_bytes,
+        trail_buckets=trail_buckets,
+        trail_s3_endpoint_url=endpoint,
+    )
 
 
 _COMPRESSIONS: dict[str, str | None] = {"zstd": None, "gzip": None}

@@ -34,16 +34,18 @@ import trio
 
 from trailseal import _core, metrics
 from trailseal import config as config_mod
+from trailseal import registry as registry_mod
 from trailseal.api import access_keys as api_keys
 from trailseal.api import server as api_server
 from trailseal.api.cloudtrail import ApiState, CloudTrailApi
 from trailseal.config import Config, TrailConfig
 from trailseal.delivery import retention, uploader
 from trailseal.delivery.destination import Destination, open_destination
-from trailseal.delivery.digest import DigestWriter
 from trailseal.delivery.notify import Notifier
 from trailseal.delivery.signer import Signer
+from trailseal.delivery.stages import TrailStages
 from trailseal.errors import DeliveryError, TrailsealError
+from trailseal.history import EventHistory
 from trailseal.ingest.http import HttpIngest
 from trailseal.ingest.listener import Ingest, bind_tcp, bind_unix
 from trailseal.pipeline import CoreRunner, PipelineStats, Sealer, Submission, run_batcher
@@ -52,7 +54,6 @@ log = logging.getLogger("trailseal")
 
 SUBMISSION_CHANNEL_SIZE = 64
 """Chunks (≤ 256 KiB each) waiting for the batcher; when full, connections stop reading."""
-UPLOAD_CHANNEL_SIZE = 1024
 NOTIFY_FLUSH_SECS = 3.0
 """At shutdown, how long queued delivery notifications may still take (best-effort)."""
 
@@ -77,13 +78,14 @@ def main(config_path: Path | None, check_only: bool) -> int:
         print(config_mod.describe(config))
         return 0
     try:
+        config, api_trails = registry_mod.with_api_trails(config)
         prepared = _prepare(config)
     except TrailsealError as exc:
         print(f"trailseal: {exc}", file=sys.stderr)
         return 2
     code = 1
     try:
-        code = trio.run(_serve, config, prepared)
+        code = trio.run(_serve, config, prepared, api_trails)
     except* _core.CoreError as group:
         for failure in group.exceptions:
             print(
@@ -268,12 +270,16 @@ def _apply_lifecycle(
 # The topology
 
 
-async def _serve(config: Config, prepared: _Prepared) -> int:
+async def _serve(
+    config: Config, prepared: _Prepared, api_trails: dict[str, registry_mod.ApiTrail]
+) -> int:
     core = prepared.core
     runner = CoreRunner(core)
     stats = PipelineStats()
     prefixes = {name: dest.prefix for name, dest in prepared.destinations.items()}
     data_dir = config.daemon.data_dir
+    trails = registry_mod.TrailRegistry(config, api_trails, core)
+    unfinished = trails.apply_logging_state()
 
     stop = trio.Event()
     ok = True
@@ -304,6 +310,12 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                 side.append(trio.CancelScope())
                 await root.start(_cancellable, side[-1], run)
 
+            history: EventHistory | None = None
+            if config.history.enabled:  # side path: tails the spool; gates spool removals
+                history = await EventHistory.open(data_dir, config.history)
+                uploader.set_history(history)
+                await start_side(history.run)
+
             api = api_server.ApiServer(max_body_bytes=config.api.max_body_bytes)
             api_state: ApiState | None = None
             if prepared.access_keys is not None:
@@ -313,7 +325,9 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                     data_dir=data_dir,
                     destinations=prepared.destinations,
                     access_keys=prepared.access_keys,
+                    trails=trails,
                 )
+                api_state.history = history
                 CloudTrailApi(api_state).install(api)
             if prepared.api_socket is not None:
                 await start_side(partial(api.serve, prepared.api_socket))
@@ -324,47 +338,33 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                 if trail.retention_days and not dest.url.startswith("s3://"):
                     await start_side(partial(retention.run, trail=trail, destination=dest))
 
-            writers = [
-                DigestWriter(
-                    config=config,
-                    trail=trail,
-                    destination=prepared.destinations[name],
-                    signer=prepared.signer,
-                    state_dir=data_dir / "state" / name,
-                )
-                for name, trail in config.trails.items()
-            ]
-            # one scope per writer: a CancelScope may be entered only once
-            digest_scopes = [trio.CancelScope() for _ in writers]
+            stages = TrailStages(
+                config=config,
+                core=core,
+                signer=prepared.signer,
+                destinations=prepared.destinations,
+                notifiers=notifiers,
+            )
+            trails.stages = stages
             async with trio.open_nursery() as digests:
-                for writer, scope in zip(writers, digest_scopes, strict=True):
-                    await digests.start(_cancellable, scope, writer.run)
-
-                uploads: dict[str, trio.MemorySendChannel[_core.SealedFile]] = {}
                 async with trio.open_nursery() as delivery:
-                    for name, trail in config.trails.items():
-                        send, receive = trio.open_memory_channel[_core.SealedFile](
-                            UPLOAD_CHANNEL_SIZE
-                        )
-                        uploads[name] = send
-                        await delivery.start(
-                            partial(
-                                uploader.run,
-                                core=core,
-                                trail=trail,
-                                destination=prepared.destinations[name],
-                                state_dir=data_dir / "state" / name,
-                                sealed=receive,
-                                notifier=notifiers.get(name),
-                            )
-                        )
+                    stages.attach(digests, delivery)
+                    for trail in config.trails.values():
+                        await stages.start(trail)
                     sealer = Sealer(
                         runner=runner,
                         config=config,
-                        prefixes=prefixes,
-                        uploads=uploads,
+                        prefixes=stages.prefixes,
+                        uploads=stages.uploads,
                         stats=stats,
+                        trails=trails.trails,
                     )
+                    stages.sealer = sealer
+                    for name in unfinished:  # deletions a crash cut short
+                        delivery.start_soon(trails.delete, name)
+                    for name, api_trail in trails.api.items():
+                        if not api_trail.logging and not api_trail.deleting:
+                            delivery.start_soon(stages.drain, name)  # stopped: deliver leftovers
 
                     submit, submissions = trio.open_memory_channel[Submission](
                         SUBMISSION_CHANNEL_SIZE
@@ -405,13 +405,10 @@ async def _serve(config: Config, prepared: _Prepared) -> int:
                     # the batcher drained the channel
                     sealed = await sealer.check(everything=True)
                     log.info("sealed %d log files; delivering", len(sealed))
-                    for send in uploads.values():
-                        await send.aclose()
+                    await stages.close_uploads()
                 # the uploaders delivered everything
-                for scope in digest_scopes:
-                    scope.cancel()
-            for writer in writers:
-                await writer.write_final()
+                stages.stop_writers()
+            await stages.write_finals()
             for scope in side:  # api, notifiers, retention
                 scope.cancel()  # the notifiers stop retrying; what is queued gets one last try
             for notifier in notifiers.values():

@@ -37,7 +37,7 @@ from typing import TypeVar
 import trio
 
 from trailseal import _core, metrics
-from trailseal.config import Config
+from trailseal.config import Config, TrailConfig
 from trailseal.delivery import layout
 from trailseal.ingest.framing import Chunk, EventTooLarge
 
@@ -352,9 +352,12 @@ class Sealer:
         prefixes: Mapping[str, str],
         uploads: Mapping[str, trio.MemorySendChannel[_core.SealedFile]] | None,
         stats: PipelineStats | None = None,
+        trails: Mapping[str, TrailConfig] | None = None,
     ) -> None:
         self.runner = runner
         self.config = config
+        self.trails = trails if trails is not None else config.trails
+        """The current trails (the daemon's registry changes it at run time)."""
         self.prefixes = prefixes
         """trail name → destination key prefix."""
         self.uploads = uploads
@@ -386,8 +389,11 @@ class Sealer:
             segments = core.open_segments()
             total = sum(seg.uncompressed_bytes for seg in segments)
             backlog: dict[str, tuple[int, int]] = {}
-            for trail in self.config.trails:
-                files = core.sealed_files(trail)
+            for trail in list(self.trails):
+                try:
+                    files = core.sealed_files(trail)
+                except _core.CoreError:
+                    continue  # removed meanwhile
                 size = sum(f.compressed_bytes for f in files)
                 backlog[trail] = (len(files), size)
                 total += size
@@ -412,7 +418,7 @@ class Sealer:
             self._room.set()
 
     def _due(self, seg: _core.OpenSegment, now_ms: float) -> bool:
-        trail = self.config.trails.get(seg.trail)
+        trail = self.trails.get(seg.trail)
         return (
             trail is not None
             and seg.event_count > 0
@@ -422,8 +428,16 @@ class Sealer:
             )
         )
 
+    async def seal_trail(self, name: str) -> None:
+        """Seal every open segment of one trail now (StopLogging, DeleteTrail)."""
+        await self.check(everything=True, only=name)
+
     async def check(
-        self, *, everything: bool = False, segments: list[_core.OpenSegment] | None = None
+        self,
+        *,
+        everything: bool = False,
+        segments: list[_core.OpenSegment] | None = None,
+        only: str | None = None,
     ) -> list[_core.SealedFile]:
         """Seal what the policy says is due (everything with ``everything=True``). ``segments``:
         the open segments as just read in the batcher's worker call (saves a thread hop when
@@ -438,8 +452,8 @@ class Sealer:
             now_ms = time.time() * 1000
             sealed: list[_core.SealedFile] = []
             for seg in segments:
-                trail = self.config.trails.get(seg.trail)
-                if trail is None or seg.event_count == 0:
+                trail = self.trails.get(seg.trail)
+                if trail is None or seg.event_count == 0 or only not in (None, seg.trail):
                     continue
                 if not (everything or self._due(seg, now_ms)):
                     continue
@@ -458,8 +472,9 @@ class Sealer:
                 metrics.LOG_FILES_SEALED.labels(trail=result.trail).inc()
                 log.debug("sealed %s (%d events) as %s", result.path, result.event_count, key)
                 sealed.append(result)
-                if self.uploads is not None:
-                    await self.uploads[result.trail].send(result)
+                upload = self.uploads.get(result.trail) if self.uploads is not None else None
+                if upload is not None:
+                    await upload.send(result)
             return sealed
 
     def poke(self, segments: list[_core.OpenSegment]) -> None:

@@ -50,6 +50,7 @@ OPERATION_MODULES = (
     "trailseal.api.public_keys",
     "trailseal.api.lookup",
     "trailseal.api.trails",
+    "trailseal.api.trail_changes",
 )
 
 

@@ -109,7 +109,9 @@ def _has_custom_selectors(trail: TrailConfig) -> bool:
     return isinstance(selectors, dict) and any(selectors.values())
 
 
-def trail_to_dict(trail: TrailConfig, config: Config) -> dict[str, Any]:
+def trail_to_dict(
+    trail: TrailConfig, config: Config, *, has_insight_selectors: bool = False
+) -> dict[str, Any]:
     """The trail as CloudTrail's ``Trail`` structure (DescribeTrails, GetTrail, CreateTrail …)."""
     bucket, prefix = destination_bucket_and_prefix(trail, config.daemon.host_id)
     out: dict[str, Any] = {
@@ -126,7 +128,7 @@ def trail_to_dict(trail: TrailConfig, config: Config) -> dict[str, Any]:
             "TrailARN": trail_arn(config, trail.name),
             "LogFileValidationEnabled": True,
             "HasCustomEventSelectors": _has_custom_selectors(trail),
-            "HasInsightSelectors": False,
+            "HasInsightSelectors": has_insight_selectors,
             "IsOrganizationTrail": bool(trail.organization_id),
         }
     )
@@ -137,6 +139,10 @@ def trail_to_dict(trail: TrailConfig, config: Config) -> dict[str, Any]:
 
 def current_trails(state: Any) -> dict[str, TrailConfig]:
     """The daemon's trails by name (the one place that knows where they are kept)."""
+    registry = getattr(state, "trails", None)
+    if registry is not None:
+        listed: dict[str, TrailConfig] = registry.listed()
+        return listed
     trails: dict[str, TrailConfig] = state.config.trails
     return trails
 
@@ -176,13 +182,24 @@ async def describe_trails(ctx: CallContext, params: dict[str, Any]) -> dict[str,
                 continue
             if trail not in chosen:
                 chosen.append(trail)
-    return {"trailList": [trail_to_dict(t, config) for t in sorted(chosen, key=lambda t: t.name)]}
+    return {
+        "trailList": [
+            trail_to_dict(t, config, has_insight_selectors=_has_insights(ctx.state, t.name))
+            for t in sorted(chosen, key=lambda t: t.name)
+        ]
+    }
+
+
+def _has_insights(state: Any, name: str) -> bool:
+    registry = getattr(state, "trails", None)
+    return registry is not None and bool(registry.insight_selectors(name))
 
 
 @operation("GetTrail")
 async def get_trail(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
     trail = find_trail(ctx.state, params.get("Name"))
-    return {"Trail": trail_to_dict(trail, ctx.state.config)}
+    insights = _has_insights(ctx.state, trail.name)
+    return {"Trail": trail_to_dict(trail, ctx.state.config, has_insight_selectors=insights)}
 
 
 @operation("ListTrails")
@@ -212,10 +229,11 @@ async def get_trail_status(ctx: CallContext, params: dict[str, Any]) -> dict[str
     state_dir = config.daemon.data_dir / "state" / trail.name
     digest_end = await trio.to_thread.run_sync(_latest_digest_end, state_dir)
     health = metrics.HEALTH.trail(trail.name)
-    out: dict[str, Any] = {
-        "IsLogging": True,
-        "StartLoggingTime": int(metrics.HEALTH.started),
-    }
+    registry = getattr(ctx.state, "trails", None)
+    logging_on = registry is None or registry.is_logging(trail.name)
+    changed = metrics.HEALTH.started if registry is None else registry.logging_changed(trail.name)
+    out: dict[str, Any] = {"IsLogging": logging_on}
+    out["StartLoggingTime" if logging_on else "StopLoggingTime"] = int(changed)
     if health.last_delivery is not None:
         out["LatestDeliveryTime"] = int(health.last_delivery)
     if digest_end is not None:
@@ -228,7 +246,7 @@ async def get_trail_status(ctx: CallContext, params: dict[str, Any]) -> dict[str
         out["LatestDeliveryAttemptTime"] = _iso(max(attempts))
         succeeded = health.last_delivery
         out["LatestDeliveryAttemptSucceeded"] = _iso(succeeded) if succeeded is not None else ""
-    out["TimeLoggingStarted"] = _iso(metrics.HEALTH.started)
+    out["TimeLoggingStarted" if logging_on else "TimeLoggingStopped"] = _iso(changed)
     return out
 
 
