@@ -279,3 +279,49 @@ def test_the_stock_aws_cli_manages_trails(
     assert deleted.returncode == 0, deleted.stderr
     trails = json.loads(run("describe-trails").stdout)["trailList"]
     assert [t["Name"] for t in trails] == ["default"]
+
+
+def test_trailseal_trails_commands(daemon: Callable[..., DaemonProcess]) -> None:
+    d, _ = start(daemon)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+    def trails(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trailseal.cli",
+                "trails",
+                "--config",
+                str(d.config_path),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+
+    made = trails("create", "ops", "--s3-bucket-name", "ops-bucket", "--single-region")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["IsMultiRegionTrail"] is False
+    listed = json.loads(trails("list", "--output", "json").stdout)["trailList"]
+    assert {(t["Name"], t["IsLogging"]) for t in listed} == {("default", True), ("ops", True)}
+    put = trails("selectors", "ops", "--set", json.dumps(WRITES_ONLY))
+    assert put.returncode == 0, put.stderr
+    got = json.loads(trails("selectors", "ops").stdout)
+    assert got["AdvancedEventSelectors"] == WRITES_ONLY
+    refused = trails("selectors", "ops", "--set", "[{]")
+    assert refused.returncode == 2 and "--set: not JSON" in refused.stderr
+    assert trails("stop", "ops").returncode == 0
+    listed = json.loads(trails("list", "--output", "json").stdout)["trailList"]
+    assert {(t["Name"], t["IsLogging"]) for t in listed} == {("default", True), ("ops", False)}
+    assert trails("start", "ops").returncode == 0
+    denied = trails("delete", "default")
+    assert denied.returncode == 1
+    assert "OperationNotPermittedException" in denied.stderr, denied.stderr
+    assert "config file" in denied.stderr
+    assert trails("delete", "ops").returncode == 0
+    missing = trails("delete", "ops")
+    assert missing.returncode == 1 and "TrailNotFoundException" in missing.stderr
