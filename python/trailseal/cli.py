@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
 
     trail_commands.add_parser(sub)
 
+    from trailseal.history import commands as history_commands
+
+    history_commands.add_parsers(sub)
+
     keys = sub.add_parser("keys", help="manage the digest signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     export = keys_sub.add_parser("export", help="print the public signing keys as PEM")
@@ -143,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trailseal.api import trail_commands
 
         return trail_commands.main(args)
+    if args.command == "lookup":
+        from trailseal.history import commands as history_commands
+
+        return history_commands.lookup_main(args)
+    if args.command == "history":
+        from trailseal.history import commands as history_commands
+
+        return history_commands.rebuild_main(args)
     if args.command == "keys":
         from trailseal.delivery import signer
 
