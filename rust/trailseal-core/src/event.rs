@@ -103,6 +103,8 @@ pub struct EventMeta {
     /// What the selecting function of [`process_event_selecting`] returned for the event (bit `i`
     /// set: trail `i` selects it); all bits set by [`process_event`].
     pub routes: u64,
+    /// `eventCategory` is "Insight": the event goes to its stream's Insight log files.
+    pub insight: bool,
 }
 
 /// Default `eventVersion`.
@@ -440,6 +442,7 @@ fn build(
         account: account.to_string(),
         region: region.to_string(),
         routes,
+        insight: category == "Insight",
     })
 }
 
@@ -844,6 +847,7 @@ mod tests {
                 account: "444455556666".into(),
                 region: "eu-central-1".into(),
                 routes: u64::MAX,
+                insight: false,
             }
         );
     }
