@@ -1,7 +1,8 @@
 //! Throughput of `event::process_event` (parse, validate, fill defaults, canonicalize) on one core,
 //! over seeded synthetic CloudTrail-like events of about 1.6 KB.
 //!
-//! Run: `cargo run --release -p trailseal-core --example throughput [-- EVENTS [PASSES]]`
+//! Run: `cargo run --release -p trailseal-core --example throughput [-- [FILE] EVENTS [PASSES]]`
+//! (FILE: NDJSON events to use instead of the generated ones, e.g. `trailseal.synthetic`'s).
 //! Prints one line: events, average event size, MB/s (MB = 10^6 bytes of input) and events/s.
 use std::time::Instant;
 
@@ -112,11 +113,24 @@ fn event(rng: &mut Rng) -> String {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    // an NDJSON file instead of the generated events (its first EVENTS lines)
+    let file = args
+        .next_if(|a| a.parse::<usize>().is_err())
+        .map(std::fs::read_to_string)
+        .transpose()
+        .unwrap_or_else(|e| {
+            eprintln!("cannot read the events file: {e}");
+            std::process::exit(2)
+        });
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let passes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
     let mut rng = Rng(0x7261_696c_7365_616c);
-    let events: Vec<String> = (0..count).map(|_| event(&mut rng)).collect();
+    let events: Vec<String> = match &file {
+        Some(text) => text.lines().take(count).map(str::to_owned).collect(),
+        None => (0..count).map(|_| event(&mut rng)).collect(),
+    };
+    let count = events.len();
     let bytes: usize = events.iter().map(String::len).sum();
     let ctx = EventContext {
         account_id: "111122223333",

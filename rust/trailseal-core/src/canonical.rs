@@ -24,8 +24,11 @@
 //! detect duplicate member names and its nesting limit is not ours, so both are checked here.
 //! serde_json would need a custom visitor plus a second pass for the same information.
 //!
-//! Shape: one pass of `jiter` builds a compact tree ([`Document`]): flat node and member arrays
-//! whose strings point into the input (or into an arena when they had escapes). Each object's
+//! Shape: one pass builds a compact tree ([`Document`]): flat node and member arrays whose
+//! strings point into the input (or into an arena when they had escapes). A strict fast parser
+//! (module `fast`) handles the common case (no escapes, valid, no duplicates) and gives up on
+//! anything else, which then goes through `jiter` from the start: the two build the same tree,
+//! and every error comes from the `jiter` path. Each object's
 //! members are sorted and checked for duplicates when the object closes, so writing the canonical
 //! bytes afterwards cannot fail and allocates nothing. The buffers live in a per-thread [`Scratch`]
 //! reused across calls.
@@ -86,6 +89,15 @@ pub struct Scratch {
     pending: Vec<Member>,
     arena: Vec<u8>,
     tape: Vec<u8>,
+}
+
+impl Scratch {
+    fn clear(&mut self) {
+        self.nodes.clear();
+        self.members.clear();
+        self.pending.clear();
+        self.arena.clear();
+    }
 }
 
 /// Index of a value in a [`Document`].
@@ -183,6 +195,15 @@ pub struct Document<'a, 's> {
 impl<'a, 's> Document<'a, 's> {
     /// Parse and check `input` (one JSON text, surrounding whitespace allowed) into `scratch`.
     pub fn parse(input: &'a [u8], scratch: &'s mut Scratch) -> Result<Self, CanonError> {
+        Self::parse_with(input, scratch, true)
+    }
+
+    /// [`Document::parse`], trying the fast parser first only when `try_fast` (tests compare).
+    fn parse_with(
+        input: &'a [u8],
+        scratch: &'s mut Scratch,
+        try_fast: bool,
+    ) -> Result<Self, CanonError> {
         // spans are u32: the arena (decoded strings, number texts) stays below 2x the input
         if input.len() > (u32::MAX / 4) as usize {
             return Err(CanonError::InvalidJson(format!(
@@ -190,10 +211,11 @@ impl<'a, 's> Document<'a, 's> {
                 input.len()
             )));
         }
-        scratch.nodes.clear();
-        scratch.members.clear();
-        scratch.pending.clear();
-        scratch.arena.clear();
+        scratch.clear();
+        if try_fast && fast::parse(input, scratch).is_ok() {
+            return Ok(Document { input, s: scratch });
+        }
+        scratch.clear();
         let tape = std::mem::take(&mut scratch.tape);
         let mut parser = Parser {
             input,
@@ -365,14 +387,22 @@ impl<'a, 's> Document<'a, 's> {
     }
 
     fn write_span_string(&self, out: &mut Vec<u8>, span: Span) {
-        let bytes = self.span(span);
         if span.in_arena {
-            write_string(out, bytes);
-        } else {
-            out.reserve(bytes.len() + 2);
-            out.push(b'"');
-            out.extend_from_slice(bytes);
-            out.push(b'"');
+            write_string(out, self.span(span));
+            return;
+        }
+        // a string in the input stands there between its quotes: copy them along
+        let (start, end) = (span.start as usize, (span.start + span.len) as usize);
+        match self.input.get(start.wrapping_sub(1)..end + 1) {
+            Some(quoted) if quoted.first() == Some(&b'"') && quoted.last() == Some(&b'"') => {
+                out.extend_from_slice(quoted);
+            }
+            _ => {
+                out.reserve(span.len as usize + 2);
+                out.push(b'"');
+                out.extend_from_slice(&self.input[start..end]);
+                out.push(b'"');
+            }
         }
     }
 
@@ -576,31 +606,16 @@ impl Parser<'_, '_> {
                         .map_err(json_error)?
                         .map(|k| k.as_bytes());
                 }
-                let (input, arena) = (self.input, &*self.arena);
-                let resolve = |s: Span| {
-                    let r = s.start as usize..(s.start + s.len) as usize;
-                    if s.in_arena {
-                        &arena[r]
-                    } else {
-                        &input[r]
-                    }
-                };
-                let mine = &mut self.pending[base..];
-                mine.sort_unstable_by(|a, b| {
-                    if a.key.high && b.key.high {
-                        cmp_utf16(resolve(a.key), resolve(b.key))
-                    } else {
-                        // byte order is UTF-16 order unless both hold characters ≥ U+E000
-                        a.prefix
-                            .cmp(&b.prefix)
-                            .then_with(|| resolve(a.key).cmp(resolve(b.key)))
-                    }
-                });
-                if let Some(w) = mine
-                    .windows(2)
-                    .find(|w| resolve(w[0].key) == resolve(w[1].key))
-                {
-                    let name = String::from_utf8_lossy(resolve(w[0].key)).into_owned();
+                if let Err(dup) = close_object(
+                    self.input,
+                    self.arena,
+                    self.nodes,
+                    self.members,
+                    self.pending,
+                    id,
+                    base,
+                ) {
+                    let name = String::from_utf8_lossy(dup).into_owned();
                     let where_ = match path {
                         Seg::Root => "the top-level object".to_string(),
                         _ => format!("object {}", self.path_string(path)),
@@ -610,15 +625,6 @@ impl Parser<'_, '_> {
                         clip(&name)
                     )));
                 }
-                let first = self.members.len() as u32;
-                let len = (self.pending.len() - base) as u32;
-                self.members.extend_from_slice(&self.pending[base..]);
-                self.pending.truncate(base);
-                self.nodes[id] = Node::Object {
-                    first,
-                    len,
-                    end: self.nodes.len() as u32,
-                };
             }
             _ if peek.is_num() => {
                 let raw = self.jiter.known_number_bytes(peek).map_err(json_error)?;
@@ -690,6 +696,369 @@ impl Parser<'_, '_> {
             }
         }
         out
+    }
+}
+
+/// Close the object node `id` whose members are `pending[base..]`: sort them by name (RFC 8785
+/// order), move them to `members` and fill in the node. Err is a duplicated member name (nothing
+/// is moved then).
+fn close_object<'b>(
+    input: &'b [u8],
+    arena: &'b [u8],
+    nodes: &mut [Node],
+    members: &mut Vec<Member>,
+    pending: &mut Vec<Member>,
+    id: usize,
+    base: usize,
+) -> Result<(), &'b [u8]> {
+    let resolve = |s: Span| {
+        let r = s.start as usize..(s.start + s.len) as usize;
+        if s.in_arena {
+            &arena[r]
+        } else {
+            &input[r]
+        }
+    };
+    let mine = &mut pending[base..];
+    mine.sort_unstable_by(|a, b| {
+        if a.key.high && b.key.high {
+            cmp_utf16(resolve(a.key), resolve(b.key))
+        } else {
+            // byte order is UTF-16 order unless both hold characters ≥ U+E000
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| resolve(a.key).cmp(resolve(b.key)))
+        }
+    });
+    if let Some(w) = mine
+        .windows(2)
+        .find(|w| w[0].prefix == w[1].prefix && resolve(w[0].key) == resolve(w[1].key))
+    {
+        return Err(resolve(w[0].key));
+    }
+    let first = members.len() as u32;
+    let len = (pending.len() - base) as u32;
+    members.extend_from_slice(&pending[base..]);
+    pending.truncate(base);
+    nodes[id] = Node::Object {
+        first,
+        len,
+        end: nodes.len() as u32,
+    };
+    Ok(())
+}
+
+/// The fast path of [`Document::parse`]: a strict RFC 8259 parser for the common case, which
+/// builds exactly the tree the jiter parser builds, or gives up ([`Bail`]) on anything else —
+/// a string with an escape, a syntax error, a duplicate name, a number `number` refuses,
+/// nesting beyond [`MAX_DEPTH`], input that is not UTF-8 — and then the jiter parser runs from
+/// the start and reports (or handles) it. So every error and every message comes from one
+/// place, and the fast path only has to be right on what it accepts: strings without escapes
+/// are spans of the input (the whole text is checked to be UTF-8 first), numbers go through the
+/// same [`number`].
+mod fast {
+    use super::{close_object, key_prefix, number, Member, Node, Scratch, Span, MAX_DEPTH};
+
+    /// The fast path does not handle this input (see the module docs).
+    pub(super) struct Bail;
+
+    type R<T> = Result<T, Bail>;
+
+    /// Parse `input` into `s` (cleared by the caller), or Bail (leaving `s` to be cleared).
+    pub(super) fn parse(input: &[u8], s: &mut Scratch) -> R<()> {
+        // one check of the whole text is cheaper than one per string (a string's ends are ASCII
+        // quotes, so every string of valid UTF-8 is valid UTF-8)
+        if std::str::from_utf8(input).is_err() {
+            return Err(Bail);
+        }
+        let mut p = Fast {
+            input,
+            pos: 0,
+            nodes: &mut s.nodes,
+            members: &mut s.members,
+            pending: &mut s.pending,
+            arena: &mut s.arena,
+        };
+        p.ws();
+        p.value(0)?;
+        p.ws();
+        if p.pos == input.len() {
+            Ok(())
+        } else {
+            Err(Bail)
+        }
+    }
+
+    struct Fast<'a, 'x> {
+        input: &'a [u8],
+        pos: usize,
+        nodes: &'x mut Vec<Node>,
+        members: &'x mut Vec<Member>,
+        pending: &'x mut Vec<Member>,
+        arena: &'x mut Vec<u8>,
+    }
+
+    impl Fast<'_, '_> {
+        fn peek(&self) -> R<u8> {
+            self.input.get(self.pos).copied().ok_or(Bail)
+        }
+
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.input.get(self.pos) {
+                self.pos += 1;
+            }
+        }
+
+        fn push(&mut self, node: Node) -> R<usize> {
+            let id = self.nodes.len();
+            if id >= u32::MAX as usize {
+                return Err(Bail);
+            }
+            self.nodes.push(node);
+            Ok(id)
+        }
+
+        fn literal(&mut self, text: &[u8], node: Node) -> R<()> {
+            if self.input[self.pos..].starts_with(text) {
+                self.pos += text.len();
+                self.push(node)?;
+                Ok(())
+            } else {
+                Err(Bail)
+            }
+        }
+
+        /// The span of the string whose opening quote is at `pos`; `pos` moves past its end.
+        fn string(&mut self) -> R<Span> {
+            let start = self.pos + 1;
+            let end = scan_string(self.input, start);
+            if self.input.get(end) != Some(&b'"') {
+                return Err(Bail); // an escape, a raw control character or no closing quote
+            }
+            self.pos = end + 1;
+            Ok(Span {
+                start: start as u32,
+                len: (end - start) as u32,
+                in_arena: false,
+                high: false,
+            })
+        }
+
+        fn value(&mut self, depth: usize) -> R<()> {
+            match self.peek()? {
+                b'{' => self.object(depth),
+                b'[' => self.array(depth),
+                b'"' => {
+                    let span = self.string()?;
+                    self.push(Node::String(span))?;
+                    Ok(())
+                }
+                b't' => self.literal(b"true", Node::True),
+                b'f' => self.literal(b"false", Node::False),
+                b'n' => self.literal(b"null", Node::Null),
+                b'-' | b'0'..=b'9' => {
+                    let start = self.pos;
+                    self.number_end()?;
+                    let raw = &self.input[start..self.pos];
+                    let node = number(self.input, self.arena, raw).map_err(|_| Bail)?;
+                    self.push(node)?;
+                    Ok(())
+                }
+                _ => Err(Bail),
+            }
+        }
+
+        /// Move `pos` past a number of the RFC 8259 grammar.
+        fn number_end(&mut self) -> R<()> {
+            let input = self.input;
+            let digits = |mut i: usize| {
+                while input.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                i
+            };
+            let mut i = self.pos;
+            if input.get(i) == Some(&b'-') {
+                i += 1;
+            }
+            match input.get(i) {
+                Some(b'0') => i += 1,
+                Some(b'1'..=b'9') => i = digits(i + 1),
+                _ => return Err(Bail),
+            }
+            if input.get(i) == Some(&b'.') {
+                let j = digits(i + 1);
+                if j == i + 1 {
+                    return Err(Bail);
+                }
+                i = j;
+            }
+            if let Some(b'e' | b'E') = input.get(i) {
+                i += 1;
+                if let Some(b'+' | b'-') = input.get(i) {
+                    i += 1;
+                }
+                let j = digits(i);
+                if j == i {
+                    return Err(Bail);
+                }
+                i = j;
+            }
+            self.pos = i;
+            Ok(())
+        }
+
+        fn array(&mut self, depth: usize) -> R<()> {
+            if depth >= MAX_DEPTH {
+                return Err(Bail);
+            }
+            self.pos += 1;
+            let id = self.push(Node::Array { len: 0, end: 0 })?;
+            let mut len: u32 = 0;
+            self.ws();
+            if self.peek()? == b']' {
+                self.pos += 1;
+            } else {
+                loop {
+                    self.value(depth + 1)?;
+                    len += 1;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => {
+                            self.pos += 1;
+                            self.ws();
+                        }
+                        b']' => {
+                            self.pos += 1;
+                            break;
+                        }
+                        _ => return Err(Bail),
+                    }
+                }
+            }
+            self.nodes[id] = Node::Array {
+                len,
+                end: self.nodes.len() as u32,
+            };
+            Ok(())
+        }
+
+        fn object(&mut self, depth: usize) -> R<()> {
+            if depth >= MAX_DEPTH {
+                return Err(Bail);
+            }
+            self.pos += 1;
+            let id = self.push(Node::Object {
+                first: 0,
+                len: 0,
+                end: 0,
+            })?;
+            let base = self.pending.len();
+            self.ws();
+            if self.peek()? == b'}' {
+                self.pos += 1;
+            } else {
+                loop {
+                    if self.peek()? != b'"' {
+                        return Err(Bail);
+                    }
+                    let mut key = self.string()?;
+                    let name = &self.input[key.start as usize..(key.start + key.len) as usize];
+                    key.high = name.iter().any(|&b| b >= 0xEE);
+                    let prefix = key_prefix(name);
+                    self.ws();
+                    if self.peek()? != b':' {
+                        return Err(Bail);
+                    }
+                    self.pos += 1;
+                    self.ws();
+                    let value = self.nodes.len() as u32;
+                    self.value(depth + 1)?;
+                    self.pending.push(Member { key, value, prefix });
+                    self.ws();
+                    match self.peek()? {
+                        b',' => {
+                            self.pos += 1;
+                            self.ws();
+                        }
+                        b'}' => {
+                            self.pos += 1;
+                            break;
+                        }
+                        _ => return Err(Bail),
+                    }
+                }
+            }
+            close_object(
+                self.input,
+                self.arena,
+                self.nodes,
+                self.members,
+                self.pending,
+                id,
+                base,
+            )
+            .map_err(|_| Bail)
+        }
+    }
+
+    /// Index of the first `"`, `\` or byte below 0x20 in `s[i..]` (`s.len()` if none), eight
+    /// bytes at a time. For each test the lowest flagged byte of a word is exact (a borrow only
+    /// spreads upwards, past a true hit), so the lowest of the three is the first hit.
+    fn scan_string(s: &[u8], mut i: usize) -> usize {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        while let Some(chunk) = s.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+            let w = u64::from_le_bytes(*chunk);
+            let quote = w ^ (ONES * u64::from(b'"'));
+            let backslash = w ^ (ONES * u64::from(b'\\'));
+            let hits = (quote.wrapping_sub(ONES) & !quote)
+                | (backslash.wrapping_sub(ONES) & !backslash)
+                | (w.wrapping_sub(ONES * 0x20) & !w);
+            let hits = hits & HIGH;
+            if hits != 0 {
+                return i + (hits.trailing_zeros() / 8) as usize;
+            }
+            i += 8;
+        }
+        while let Some(&b) = s.get(i) {
+            if b == b'"' || b == b'\\' || b < 0x20 {
+                return i;
+            }
+            i += 1;
+        }
+        i
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::scan_string;
+
+        #[test]
+        fn scan_string_finds_the_first_special_byte() {
+            let specials = [b'"', b'\\', 0x00, 0x01, 0x1f];
+            for len in 0..20 {
+                for at in 0..len {
+                    for &sp in &specials {
+                        // plain bytes around, including ones a sloppy SWAR test confuses
+                        let mut s: Vec<u8> = (0..len)
+                            .map(|k| [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xff][k % 9])
+                            .collect();
+                        s[at] = sp;
+                        if at + 1 < len {
+                            s[at + 1] = b'"';
+                        }
+                        assert_eq!(scan_string(&s, 0), at, "{s:?}");
+                    }
+                }
+                let plain: Vec<u8> = (0..len).map(|k| (0x20 + (k * 37) % 0x60) as u8).collect();
+                let expect = plain
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\')
+                    .unwrap_or(len);
+                assert_eq!(scan_string(&plain, 0), expect, "{plain:?}");
+            }
+        }
     }
 }
 
@@ -844,6 +1213,68 @@ mod tests {
 
     fn err(input: &[u8]) -> CanonError {
         canonicalize(input).expect_err("must be rejected")
+    }
+
+    /// Canonical bytes through the fast path (when it takes the input) and through jiter alone.
+    fn both_paths(input: &[u8]) -> (Result<Vec<u8>, CanonError>, Result<Vec<u8>, CanonError>) {
+        let run = |try_fast: bool| {
+            let mut scratch = Scratch::default();
+            let doc = Document::parse_with(input, &mut scratch, try_fast)?;
+            let mut out = Vec::new();
+            doc.write_value(doc.root(), &mut out);
+            Ok(out)
+        };
+        (run(true), run(false))
+    }
+
+    #[test]
+    fn fast_path_agrees_with_jiter_on_mutated_texts() {
+        let seeds: [&[u8]; 6] = [
+            br#"{"eventVersion":"1.09","userIdentity":{"type":"AssumedRole","arn":"a:b"},"n":[1,-0,0.5,1e3,-2.50E-3,9007199254740992],"t":true,"f":false,"z":null,"e":{},"a":[]}"#,
+            " { \"b\" : [ 1 , 2 ] ,\t\"a\" :\r\n{\"\\u00e9\":\"x\"} } ".as_bytes(),
+            "{\"zoë\":\"renée\",\"日本\":[\"語\",{\"\u{e000}\":1,\"\u{1f600}\":2}]}".as_bytes(),
+            br#"[[[[[[]]]]],{"a":{"a":{"a":0}}},"q\"uote",12345678901234567890]"#,
+            br#"{"a":1,"a":2,"b":[1.0,0.0,-0.0,100,1E21,1e-7]}"#,
+            br#""just a string""#,
+        ];
+        // JSON-ish bytes a mutation inserts or swaps in
+        let alphabet = b"{}[]:,\"\\ \t\n0123456789-+.eEtruefalsn\x01\x7f\xc3\xa9\xff";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut fast_taken = 0;
+        for seed in seeds {
+            for _ in 0..3000 {
+                let mut text = seed.to_vec();
+                for _ in 0..1 + next(3) {
+                    let at = next(text.len() + 1);
+                    let b = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 => text.insert(at, b),
+                        1 if at < text.len() => {
+                            text.remove(at);
+                        }
+                        _ if at < text.len() => text[at] = b,
+                        _ => text.push(b),
+                    }
+                }
+                let (fast, slow) = both_paths(&text);
+                assert_eq!(fast, slow, "{:?}", String::from_utf8_lossy(&text));
+                let mut scratch = Scratch::default();
+                scratch.clear();
+                if fast::parse(&text, &mut scratch).is_ok() {
+                    fast_taken += 1;
+                }
+            }
+            let (fast, slow) = both_paths(seed);
+            assert_eq!(fast, slow);
+        }
+        // the mutations must leave the fast path plenty of texts it accepts
+        assert!(fast_taken > 1000, "fast path took only {fast_taken} texts");
     }
 
     #[test]
