@@ -489,12 +489,6 @@ _INSIGHT_KEY = re.compile(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the spool's streams are (trail, account, region): an Insight event a trail takes "
-    "is chained and sealed with its management events and lands under CloudTrail/ (the stream "
-    "key needs a kind; see the acceptance-3 report)",
-)
 def test_insight_events_go_to_their_own_files(
     daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:

@@ -5,7 +5,8 @@ batch. Every method that does per-event work or file I/O releases the GIL.
 
 Spool layout owned by :class:`Core` (one directory per trail under ``spool_dir``)::
 
-    <trail>/open/<seq>-<account>-<region>.seg       open segment: zstd frames
+    <trail>/open/<seq>-<account>-<region>.seg       open segment: zstd frames (an Insight
+                                                    stream's names end in ``+insight``)
     <trail>/open/<seq>-<account>-<region>.seg.json  its metadata (chain start, opened at)
     <trail>/open/<seq>-<account>-<region>.gz.tmp    gzip trail: a seal in progress (removed at open)
     <trail>/sealed/<seq>-<account>-<region>.log     sealed log file (compressed bytes, final)
@@ -23,6 +24,8 @@ Routing: each trail's event selectors are evaluated in the core on the batch; an
 is written once to every trail that selects it (a trail with ``multi_region=False`` only takes
 events whose awsRegion is the Core's ``region``). Dedup is per Core, before routing. Open
 segments are always zstd; a gzip trail's segment is transcoded at seal into one gzip member.
+A stream is (trail, account, region, kind): Insight events (``eventCategory`` "Insight") have
+their own segments, chain and sealed files (``insight=True``), the others share the rest.
 """
 
 import os
@@ -92,6 +95,8 @@ class OpenSegment:
     trail: str
     account: str
     region: str
+    insight: bool
+    """The stream's Insight events (their own segments, chain and log files)."""
     seq: int
     path: str
     event_count: int
@@ -104,6 +109,8 @@ class SealedFile:
     trail: str
     account: str
     region: str
+    insight: bool
+    """Insight events, delivered under ``CloudTrail-Insight/``; else the stream's other events."""
     seq: int
     object_key: str
     path: str
@@ -194,12 +201,15 @@ class Core:
     def open_segments(self) -> list[OpenSegment]:
         """The open, non-empty segments."""
 
-    def seal(self, trail: str, account: str, region: str, object_key: str) -> SealedFile | None:
-        """Seal the stream's open segment: append the closing frame, fsync, (gzip trail: transcode
-        into one gzip member, fsync), write the manifest and move both into ``sealed/``
-        (atomically, fsync'd); a gzip transcode holds the spool meanwhile. Returns None when the
-        stream has no open segment. The next event of the stream starts a new segment whose chain
-        start is this one's chain end. Releases the GIL."""
+    def seal(
+        self, trail: str, account: str, region: str, object_key: str, *, insight: bool = False
+    ) -> SealedFile | None:
+        """Seal the stream's open segment (``insight``: the stream's Insight events): append the
+        closing frame, fsync, (gzip trail: transcode into one gzip member, fsync), write the
+        manifest and move both into ``sealed/`` (atomically, fsync'd); a gzip transcode runs
+        after the spool is released. Returns None when the stream has no open segment. The next
+        event of the stream starts a new segment whose chain start is this one's chain end.
+        Releases the GIL."""
 
     def sealed_files(self, trail: str) -> list[SealedFile]:
         """Sealed, not yet removed files of the trail in delivery order (oldest seq first)."""

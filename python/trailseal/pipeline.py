@@ -187,11 +187,11 @@ class CoreRunner:
         return await trio.to_thread.run_sync(fn, limiter=self.limiter)
 
     async def seal(
-        self, trail: str, account: str, region: str, key: str
+        self, trail: str, account: str, region: str, key: str, *, insight: bool = False
     ) -> _core.SealedFile | None:
         """``Core.seal`` on its own worker: a gzip trail's transcode runs outside the Core's lock,
         so it must not hold up ``process`` calls either."""
-        seal = functools.partial(self.core.seal, trail, account, region, key)
+        seal = functools.partial(self.core.seal, trail, account, region, key, insight=insight)
         return await trio.to_thread.run_sync(seal, limiter=self.seal_limiter)
 
     async def finish_sync(self, pending: _core.PendingSync) -> None:
@@ -464,8 +464,11 @@ class Sealer:
                     region=seg.region,
                     when=datetime.now(UTC),
                     compression=trail.compression,
+                    insight=seg.insight,
                 )
-                result = await self.runner.seal(seg.trail, seg.account, seg.region, key)
+                result = await self.runner.seal(
+                    seg.trail, seg.account, seg.region, key, insight=seg.insight
+                )
                 if result is None:
                     continue
                 self.stats.sealed_files += 1

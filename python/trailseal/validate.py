@@ -380,7 +380,8 @@ class Validator:
             chains = self._chains(streams[stream_key])
             # chain order, oldest first: fragments by end time, each oldest to newest
             ordered = [d for chain in reversed(chains) for d in reversed(chain)]
-            previous_entry: tuple[str, str] | None = None
+            # Insight files chain apart from the stream's other files (FORMATS.md §4)
+            previous_by_kind: dict[bool, tuple[str, str]] = {}
             for d in ordered:
                 entries = d.doc.get("logFiles") if d.located else None
                 if not isinstance(entries, list):
@@ -396,6 +397,8 @@ class Validator:
                         )
                         continue
                     listed[key] = d.key
+                    insight = _is_insight_key(key)
+                    previous_entry = previous_by_kind.get(insight)
                     if d.in_range:
                         problems = self._check_log(entry, d)
                         start = entry.get("chainStart")
@@ -405,6 +408,8 @@ class Validator:
                                 f"this file (its chainStart is not that file's chainEnd)"
                             )
                         elif previous_entry is None and self.start is None:
+                            # (a stream's first Insight file after a restarted chain starts at
+                            # zero like any other first file)
                             first_is_start = ordered[0].doc.get("previousDigestS3Object") is None
                             if first_is_start and start != ZERO_CHAIN:
                                 problems.append(
@@ -414,7 +419,7 @@ class Validator:
                         log_results.setdefault(key, []).extend(problems)
                         if task is not None:
                             self.progress.advance(task)
-                    previous_entry = (key, str(entry.get("chainEnd")))
+                    previous_by_kind[insight] = (key, str(entry.get("chainEnd")))
 
         newest = self._newest_digest_ends()
         for k in log_keys:
@@ -623,3 +628,8 @@ def _ratio(valid: int, invalid: int, name: str) -> None:
     if invalid:
         line += f", {invalid}/{total} {name} files INVALID"
     print(line)
+
+
+def _is_insight_key(key: str) -> bool:
+    """Whether a log file key is an Insight log file (``…_CloudTrail-Insight_…`` name)."""
+    return "_CloudTrail-Insight_" in key.rsplit("/", 1)[-1]

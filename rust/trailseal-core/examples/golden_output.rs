@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     open.sort_by(|a, b| (&a.account, &a.region).cmp(&(&b.account, &b.region)));
     for seg in open {
         let key = format!("golden/{}/{}/{}", seg.account, seg.region, seg.seq);
-        if let Some(f) = spool.seal(&seg.trail, &seg.account, &seg.region, &key)? {
+        if let Some(f) = spool.seal(&seg.trail, &seg.account, &seg.region, seg.insight, &key)? {
             println!(
                 "{} {} events={} sha256={} chain={}..{} time={}..{}",
                 f.account,

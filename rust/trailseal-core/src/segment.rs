@@ -80,12 +80,14 @@ pub fn file_name_part(s: &str) -> String {
     out
 }
 
-/// `<seq:012>-<account>-<region>`.
-pub fn segment_name(seq: u64, account: &str, region: &str) -> String {
+/// `<seq:012>-<account>-<region>`, with `+insight` for an Insight stream (`+` is escaped in
+/// the account and region parts, so the suffix is unambiguous).
+pub fn segment_name(seq: u64, account: &str, region: &str, insight: bool) -> String {
     format!(
-        "{seq:012}-{}-{}",
+        "{seq:012}-{}-{}{}",
         file_name_part(account),
-        file_name_part(region)
+        file_name_part(region),
+        if insight { "+insight" } else { "" }
     )
 }
 
@@ -205,6 +207,8 @@ pub struct SegmentMeta {
     pub trail: String,
     pub account: String,
     pub region: String,
+    /// The stream's Insight events (their own log files and chain), else its other events.
+    pub insight: bool,
     pub seq: u64,
     pub chain_start: ChainValue,
     pub opened_at_ms: i64,
@@ -212,11 +216,11 @@ pub struct SegmentMeta {
 
 impl SegmentMeta {
     pub fn name(&self) -> String {
-        segment_name(self.seq, &self.account, &self.region)
+        segment_name(self.seq, &self.account, &self.region, self.insight)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "trail": self.trail,
             "account": self.account,
             "region": self.region,
@@ -224,6 +228,9 @@ impl SegmentMeta {
             "chain_start": chain::to_hex(&self.chain_start),
             "opened_at_ms": self.opened_at_ms,
         });
+        if self.insight {
+            v["insight"] = serde_json::Value::Bool(true);
+        }
         let mut out = v.to_string().into_bytes();
         out.push(b'\n');
         out
@@ -247,6 +254,7 @@ impl SegmentMeta {
             trail: s("trail")?,
             account: s("account")?,
             region: s("region")?,
+            insight: v.get("insight").and_then(serde_json::Value::as_bool) == Some(true),
             seq: v
                 .get("seq")
                 .and_then(|x| x.as_u64())

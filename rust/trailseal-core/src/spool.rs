@@ -169,6 +169,7 @@ pub struct OpenSegmentInfo {
     pub trail: String,
     pub account: String,
     pub region: String,
+    pub insight: bool,
     pub seq: u64,
     pub path: PathBuf,
     pub event_count: u64,
@@ -181,6 +182,8 @@ pub struct SealedFile {
     pub trail: String,
     pub account: String,
     pub region: String,
+    /// Insight events (delivered under `CloudTrail-Insight/`), else the stream's other events.
+    pub insight: bool,
     pub seq: u64,
     pub object_key: String,
     pub path: PathBuf,
@@ -200,6 +203,7 @@ impl SealedFile {
     fn to_json(&self) -> Vec<u8> {
         let v = serde_json::json!({
             "trail": self.trail, "account": self.account, "region": self.region, "seq": self.seq,
+            "insight": self.insight,
             "object_key": self.object_key,
             "path": self.path.to_string_lossy(), "manifest_path": self.manifest_path.to_string_lossy(),
             "sha256": self.sha256, "event_count": self.event_count,
@@ -238,6 +242,7 @@ impl SealedFile {
             trail: s("trail")?,
             account: s("account")?,
             region: s("region")?,
+            insight: v.get("insight").and_then(serde_json::Value::as_bool) == Some(true),
             seq: n("seq")?,
             object_key: s("object_key")?,
             path: manifest_path.with_extension("log"),
@@ -255,7 +260,8 @@ impl SealedFile {
     }
 }
 
-type StreamKey = (String, String);
+/// (account, region, insight): each has its own segments and chain.
+type StreamKey = (String, String, bool);
 /// heads.json: last_seq and the streams' heads.
 type HeadsFile = (u64, Vec<(StreamKey, Head)>);
 
@@ -397,9 +403,13 @@ impl Trail {
         streams.sort_by(|a, b| a.0.cmp(b.0));
         let streams: Vec<serde_json::Value> = streams
             .into_iter()
-            .map(|((account, region), h)| {
-                serde_json::json!({"account": account, "region": region, "seq": h.seq,
-                                   "chain_end": chain::to_hex(&h.chain)})
+            .map(|((account, region, insight), h)| {
+                let mut v = serde_json::json!({"account": account, "region": region, "seq": h.seq,
+                                               "chain_end": chain::to_hex(&h.chain)});
+                if *insight {
+                    v["insight"] = serde_json::Value::Bool(true);
+                }
+                v
             })
             .collect();
         let last_seq = self.next_seq.saturating_sub(1);
@@ -440,8 +450,13 @@ impl Trail {
                     .get("seq")
                     .and_then(|x| x.as_u64())
                     .ok_or("a stream lacks \"seq\"")?;
+                let insight = s.get("insight").and_then(serde_json::Value::as_bool) == Some(true);
                 out.push((
-                    (get("account")?.to_owned(), get("region")?.to_owned()),
+                    (
+                        get("account")?.to_owned(),
+                        get("region")?.to_owned(),
+                        insight,
+                    ),
                     Head { chain, seq },
                 ));
             }
@@ -601,7 +616,7 @@ impl Trail {
                 continue;
             }
             max_seq = max_seq.max(m.seq);
-            let key = (m.account.clone(), m.region.clone());
+            let key = (m.account.clone(), m.region.clone(), m.insight);
             let chain = chain::from_hex(&m.chain_end).ok_or_else(|| CoreError::Corrupt {
                 path: m.manifest_path.clone(),
                 message: format!("chain_end {:?} is not 64 hex digits", m.chain_end),
@@ -633,14 +648,19 @@ impl Trail {
         for id in &seg.event_ids {
             dedup.insert(id);
         }
-        let key = (seg.meta.account.clone(), seg.meta.region.clone());
+        let key = (
+            seg.meta.account.clone(),
+            seg.meta.region.clone(),
+            seg.meta.insight,
+        );
         if let Some(other) = self.open.get(&key) {
             return Err(CoreError::Corrupt {
                 path: seg.data_path.clone(),
                 message: format!(
-                    "a second open segment for account {} region {} (the other is {}); seal or move one aside",
+                    "a second open segment for account {} region {}{} (the other is {}); seal or move one aside",
                     key.0,
                     key.1,
+                    if key.2 { " (Insight events)" } else { "" },
                     other.data_path.display()
                 ),
             });
@@ -814,6 +834,7 @@ struct StreamBatch {
     trail: usize,
     account: String,
     region: String,
+    insight: bool,
     batch: Batch,
     hasher: Sha256,
     /// Bytes of `batch.content` already fed to `hasher`.
@@ -958,13 +979,16 @@ impl Sequencer<'_> {
                     id.clone().unwrap_or_default()
                 };
                 let found = self.streams.iter().position(|s| {
-                    s.trail == ti && s.account == meta.account && s.region == meta.region
+                    s.trail == ti
+                        && s.account == meta.account
+                        && s.region == meta.region
+                        && s.insight == meta.insight
                 });
                 let si = match found {
                     Some(si) => si,
                     None => {
                         let trail = &self.trails[ti];
-                        let key = (meta.account.clone(), meta.region.clone());
+                        let key = (meta.account.clone(), meta.region.clone(), meta.insight);
                         let (mut batch, hasher) = match trail.open.get(&key) {
                             Some(seg) => (Batch::new(seg.chain_end, false), seg.hasher()),
                             None => (Batch::new(trail.chain_head(&key), true), Sha256::new()),
@@ -974,6 +998,7 @@ impl Sequencer<'_> {
                             trail: ti,
                             account: key.0,
                             region: key.1,
+                            insight: key.2,
                             batch,
                             hasher,
                             hashed: 0,
@@ -1165,12 +1190,13 @@ impl Spool {
         }
         for s in &streams {
             let trail = &mut self.trails[s.trail];
-            let key = (s.account.clone(), s.region.clone());
+            let key = (s.account.clone(), s.region.clone(), s.insight);
             if !trail.open.contains_key(&key) {
                 let meta = SegmentMeta {
                     trail: trail.name.clone(),
                     account: key.0.clone(),
                     region: key.1.clone(),
+                    insight: key.2,
                     seq: trail.next_seq,
                     chain_start: trail.chain_head(&key),
                     opened_at_ms: now_ms(),
@@ -1212,7 +1238,7 @@ impl Spool {
         let (mut uncompressed, mut compressed) = (0u64, 0u64);
         for (s, frames) in streams.into_iter().zip(per_stream) {
             let trail = &mut self.trails[s.trail];
-            let key = (s.account, s.region);
+            let key = (s.account, s.region, s.insight);
             let seg = trail
                 .open
                 .get_mut(&key)
@@ -1287,6 +1313,7 @@ impl Spool {
                 trail: s.meta.trail.clone(),
                 account: s.meta.account.clone(),
                 region: s.meta.region.clone(),
+                insight: s.meta.insight,
                 seq: s.meta.seq,
                 path: s.data_path.clone(),
                 event_count: s.event_count,
@@ -1305,9 +1332,10 @@ impl Spool {
         trail: &str,
         account: &str,
         region: &str,
+        insight: bool,
         object_key: &str,
     ) -> Result<Option<SealedFile>> {
-        match self.seal_start(trail, account, region, object_key)? {
+        match self.seal_start(trail, account, region, insight, object_key)? {
             None => Ok(None),
             Some(Sealing::Done(sealed)) => Ok(Some(sealed)),
             Some(Sealing::Gzip(pending)) => {
@@ -1327,11 +1355,12 @@ impl Spool {
         trail: &str,
         account: &str,
         region: &str,
+        insight: bool,
         object_key: &str,
     ) -> Result<Option<Sealing>> {
         self.check()?;
         let ti = self.trail_index(trail)?;
-        let key = (account.to_owned(), region.to_owned());
+        let key = (account.to_owned(), region.to_owned(), insight);
         let Some(seg) = self.trails[ti].open.remove(&key) else {
             return Ok(None);
         };
@@ -1362,6 +1391,7 @@ impl Spool {
             trail: t.name.clone(),
             account: seg.meta.account.clone(),
             region: seg.meta.region.clone(),
+            insight: seg.meta.insight,
             seq: seg.meta.seq,
             object_key: object_key.to_owned(),
             path: path.clone(),
@@ -1616,7 +1646,7 @@ mod tests {
         let mut sealed = Vec::new();
         for region in REGIONS {
             let f = spool
-                .seal("main", "111122223333", region, "key")
+                .seal("main", "111122223333", region, false, "key")
                 .expect("seal")
                 .expect("a segment");
             let data = std::fs::read(&f.path).expect("read sealed file");
@@ -1774,7 +1804,7 @@ mod routing_tests {
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
         for seg in spool.open_segments() {
             let f = spool
-                .seal(&seg.trail, &seg.account, &seg.region, "key")
+                .seal(&seg.trail, &seg.account, &seg.region, seg.insight, "key")
                 .expect("seal")
                 .expect("a segment");
             out.entry(f.trail.clone())
@@ -1872,6 +1902,65 @@ mod routing_tests {
     }
 
     #[test]
+    fn insight_events_have_their_own_segments_chain_and_sealed_files() {
+        let dir = temp("insight");
+        let selectors = r#"{"advanced_event_selectors":[
+            {"Name":"m","FieldSelectors":[{"Field":"eventCategory","Equals":["Management"]}]},
+            {"Name":"i","FieldSelectors":[{"Field":"eventCategory","Equals":["Insight"]}]}]}"#;
+        let cfg = || SpoolConfig {
+            trails: vec![spec("t", selectors, true, false)],
+            ..SpoolConfig::new(&dir.0, vec!["x".into()], "111122223333", HOME)
+        };
+        let evs = events();
+        let (run, insight) = (evs[0].1.clone(), evs[6].1.clone());
+        let mut spool = Spool::open(cfg()).expect("open");
+        let r = process(&mut spool, &[run.clone(), insight.clone()]);
+        assert_eq!(r.accepted, 2);
+        let open = spool.open_segments();
+        assert_eq!(
+            open.iter().map(|s| s.insight).collect::<Vec<_>>(),
+            vec![false, true]
+        );
+        assert!(open[1].path.to_string_lossy().ends_with("+insight.seg"));
+        let mut by_kind: HashMap<bool, SealedFile> = HashMap::new();
+        for seg in spool.open_segments() {
+            let f = spool
+                .seal(&seg.trail, &seg.account, &seg.region, seg.insight, "key")
+                .expect("seal")
+                .expect("a segment");
+            assert_eq!(check_sealed(&f).len(), 1);
+            by_kind.insert(f.insight, f);
+        }
+        assert_eq!(check_sealed(&by_kind[&true]), vec!["insight"]);
+        assert_eq!(check_sealed(&by_kind[&false]), vec!["run"]);
+        // each kind chains on from its own head, also after a reopen
+        drop(spool);
+        let mut spool = Spool::open(cfg()).expect("reopen");
+        let again = |id: &str, line: &str| {
+            line.replace("\"run\"", &format!("\"{id}\""))
+                .replace("\"insight\"", &format!("\"{id}\""))
+        };
+        process(
+            &mut spool,
+            &[again("run-2", &run), again("insight-2", &insight)],
+        );
+        for seg in spool.open_segments() {
+            let f = spool
+                .seal(&seg.trail, &seg.account, &seg.region, seg.insight, "key")
+                .expect("seal")
+                .expect("a segment");
+            assert_eq!(f.chain_start, by_kind[&f.insight].chain_end, "{f:?}");
+            let manifest = std::fs::read_to_string(&f.manifest_path).expect("manifest");
+            assert!(
+                manifest.contains(&format!("\"insight\":{}", f.insight)),
+                "{manifest}"
+            );
+        }
+        let heads = std::fs::read_to_string(dir.0.join("t").join("heads.json")).expect("heads");
+        assert_eq!(heads.matches("\"insight\":true").count(), 1, "{heads}");
+    }
+
+    #[test]
     fn trails_are_added_changed_stopped_and_removed_at_run_time() {
         let dir = temp("runtime-trails");
         let mut spool = Spool::open(SpoolConfig {
@@ -1920,10 +2009,7 @@ mod routing_tests {
             .upsert_trail(spec("later", "{}", true, false))
             .expect("add later");
         process(&mut spool, &line(4)); // put-in: a data event, neither trail takes it
-        let r = process(
-            &mut spool,
-            &[evs[0].1.replace("\"run\"", "\"run-2\"")],
-        );
+        let r = process(&mut spool, &[evs[0].1.replace("\"run\"", "\"run-2\"")]);
         assert_eq!(r.accepted, 1);
         let got = seal_all(&mut spool);
         assert_eq!(got.get("all"), Some(&vec!["run-2".to_owned()]));
@@ -1944,6 +2030,7 @@ mod routing_tests {
             account: "111122223333".into(),
             region: region.into(),
             routes,
+            insight: false,
         };
         let mut out = Vec::new();
         route(&spool.trails, HOME, &meta(HOME, 0b1011), &mut out);
@@ -1982,7 +2069,7 @@ mod routing_tests {
             assert_eq!(process(&mut spool, &lines).accepted, 200);
             CRASH_AT.with(|c| c.set(Some(point)));
             spool
-                .seal("g", "111122223333", HOME, "key")
+                .seal("g", "111122223333", HOME, false, "key")
                 .expect_err("crashed");
             drop(spool);
 
@@ -2001,7 +2088,7 @@ mod routing_tests {
             assert_eq!(process(&mut spool, &lines).duplicates, 200, "{point}");
             process(&mut spool, &[line(1000)]);
             let next = spool
-                .seal("g", "111122223333", HOME, "key")
+                .seal("g", "111122223333", HOME, false, "key")
                 .expect("seal")
                 .expect("a segment");
             assert_eq!(next.chain_start, sealed[0].chain_end, "{point}");
@@ -2028,7 +2115,7 @@ mod routing_tests {
         let first: Vec<String> = (0..100).map(line).collect();
         assert_eq!(process(&mut spool, &first).accepted, 100);
         let Some(Sealing::Gzip(pending)) = spool
-            .seal_start("g", "111122223333", HOME, "k1")
+            .seal_start("g", "111122223333", HOME, false, "k1")
             .expect("seal_start")
         else {
             panic!("a gzip trail's seal leaves the transcode pending");
@@ -2040,7 +2127,7 @@ mod routing_tests {
         assert_eq!(process(&mut spool, &first).duplicates, 100);
         assert_eq!(process(&mut spool, &second).accepted, 50);
         let Some(Sealing::Gzip(pending2)) = spool
-            .seal_start("g", "111122223333", HOME, "k2")
+            .seal_start("g", "111122223333", HOME, false, "k2")
             .expect("seal_start")
         else {
             panic!("pending");
@@ -2061,7 +2148,7 @@ mod routing_tests {
         let third: Vec<String> = (150..170).map(line).collect();
         assert_eq!(process(&mut spool, &third).accepted, 20);
         let Some(Sealing::Gzip(lost)) = spool
-            .seal_start("g", "111122223333", HOME, "k3")
+            .seal_start("g", "111122223333", HOME, false, "k3")
             .expect("seal_start")
         else {
             panic!("pending");

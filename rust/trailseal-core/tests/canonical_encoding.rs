@@ -79,7 +79,7 @@ fn sealed_file(tag: &str, batches: &[(usize, usize)]) -> Vec<u8> {
         send(&mut spool, &format!("{tag}{i}"), n, pad);
     }
     let sealed = spool
-        .seal("t", ACCOUNT, REGION, "k")
+        .seal("t", ACCOUNT, REGION, false, "k")
         .expect("seal")
         .expect("a segment");
     std::fs::read(&sealed.path).expect("read sealed")

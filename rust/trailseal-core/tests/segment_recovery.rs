@@ -36,6 +36,7 @@ fn meta() -> SegmentMeta {
         trail: "t".into(),
         account: "111122223333".into(),
         region: "us-east-1".into(),
+        insight: false,
         seq: 7,
         chain_start: chain::step(&chain::ZERO, b"earlier"),
         opened_at_ms: 1_767_225_600_000,
@@ -210,7 +211,7 @@ fn metadata_without_data_is_empty() {
 #[test]
 fn file_names_are_safe() {
     assert_eq!(
-        segment::segment_name(3, "111122223333", "us-east-1"),
+        segment::segment_name(3, "111122223333", "us-east-1", false),
         "000000000003-111122223333-us-east-1"
     );
     assert_eq!(segment::file_name_part("../x y"), "..%2Fx%20y");

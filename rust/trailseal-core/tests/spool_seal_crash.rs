@@ -86,7 +86,7 @@ fn closed_without_manifest_is_reopened() {
     assert_eq!(spool.open_segments()[0].event_count, 2);
     assert_eq!(send(&mut spool, &["a", "c"]), 1);
     let sealed = spool
-        .seal("t", ACCOUNT, REGION, "k")
+        .seal("t", ACCOUNT, REGION, false, "k")
         .expect("seal")
         .expect("a file");
     let report = verify_log(
@@ -109,7 +109,7 @@ fn manifest_written_but_not_moved_is_finished() {
     let meta_json = std::fs::read(&meta).expect("read meta");
     let heads_before = std::fs::read(dir.0.join("t/heads.json")).expect("heads");
     let first = spool
-        .seal("t", ACCOUNT, REGION, "k1")
+        .seal("t", ACCOUNT, REGION, false, "k1")
         .expect("seal")
         .expect("file");
     drop(spool);
@@ -134,7 +134,7 @@ fn manifest_written_but_not_moved_is_finished() {
     // Not duplicated, and the chain continues from the finished file.
     assert_eq!(send(&mut spool, &["a", "b", "c"]), 1);
     let second = spool
-        .seal("t", ACCOUNT, REGION, "k2")
+        .seal("t", ACCOUNT, REGION, false, "k2")
         .expect("seal")
         .expect("file");
     assert_eq!(second.chain_start, first.chain_end);
@@ -147,7 +147,7 @@ fn metadata_without_data_is_dropped_and_seq_keeps_growing() {
     let mut spool = open(&dir.0);
     send(&mut spool, &["a"]);
     let first = spool
-        .seal("t", ACCOUNT, REGION, "k1")
+        .seal("t", ACCOUNT, REGION, false, "k1")
         .expect("seal")
         .expect("file");
     spool.remove_sealed("t", first.seq).expect("remove");
@@ -160,7 +160,7 @@ fn metadata_without_data_is_dropped_and_seq_keeps_growing() {
     assert!(spool.open_segments().is_empty());
     send(&mut spool, &["c"]);
     let next = spool
-        .seal("t", ACCOUNT, REGION, "k2")
+        .seal("t", ACCOUNT, REGION, false, "k2")
         .expect("seal")
         .expect("file");
     assert!(next.seq > first.seq);

@@ -72,6 +72,7 @@ struct OpenSegment {
     trail: String,
     account: String,
     region: String,
+    insight: bool,
     seq: u64,
     path: String,
     event_count: u64,
@@ -94,6 +95,7 @@ struct SealedFile {
     trail: String,
     account: String,
     region: String,
+    insight: bool,
     seq: u64,
     object_key: String,
     path: String,
@@ -125,6 +127,7 @@ impl From<spool::SealedFile> for SealedFile {
             trail: s.trail,
             account: s.account,
             region: s.region,
+            insight: s.insight,
             seq: s.seq,
             object_key: s.object_key,
             path: s.path.to_string_lossy().into_owned(),
@@ -407,6 +410,7 @@ impl Core {
                 trail: s.trail,
                 account: s.account,
                 region: s.region,
+                insight: s.insight,
                 seq: s.seq,
                 path: s.path.to_string_lossy().into_owned(),
                 event_count: s.event_count,
@@ -416,6 +420,7 @@ impl Core {
             .collect())
     }
 
+    #[pyo3(signature = (trail, account, region, object_key, *, insight = false))]
     fn seal(
         &self,
         py: Python<'_>,
@@ -423,6 +428,7 @@ impl Core {
         account: &str,
         region: &str,
         object_key: &str,
+        insight: bool,
     ) -> PyResult<Option<SealedFile>> {
         // The spool lock is held only for the fast part; a gzip trail's transcode runs after it
         // is released, so ingest (`process`) goes on meanwhile.
@@ -430,7 +436,7 @@ impl Core {
             .detach(|| {
                 let started = self
                     .lock()?
-                    .seal_start(trail, account, region, object_key)?;
+                    .seal_start(trail, account, region, insight, object_key)?;
                 match started {
                     None => Ok(None),
                     Some(Sealing::Done(sealed)) => Ok(Some(sealed)),
