@@ -279,6 +279,22 @@ class History:
         segments, sealed files not wholly indexed; about ``max_events`` events at most (whole
         frames). Progress is stored with the rows it covers. Releases the GIL."""
 
+    def start_indexer(
+        self, spool_dir: str | os.PathLike[str], poll_ms: int = 250, batch: int = 50_000
+    ) -> int:
+        """Start a thread (once) that runs :meth:`index_spool` every ``poll_ms`` or when poked,
+        never touching Python; returns its Linux thread id (0 when unknown) so the caller can
+        lower its CPU priority."""
+
+    def poke(self) -> None:
+        """Make the indexer thread look at the spool now."""
+
+    def indexer_error(self) -> str | None:
+        """Why the indexer thread's last attempt failed (None when it succeeded)."""
+
+    def stop_indexer(self) -> None:
+        """Stop the indexer thread after its current call and wait for it. Releases the GIL."""
+
     def covered(self, trail: str, seq: int) -> bool:
         """Whether the trail's sealed file ``seq`` is wholly indexed (so it may be removed)."""
 

@@ -2,9 +2,11 @@
 
 A side path off the pipeline. The database is ``<data_dir>/history/events.db`` (SQLite, WAL),
 owned by :class:`trailseal._core.History` (all SQLite access is in Rust; never open the file
-from Python). :meth:`EventHistory.run` tails the spool: every :data:`POLL_SECS` (or sooner when
-poked) it indexes, in a worker thread, whatever whole zstd frames and sealed files are new, so it
-may lag but never slows ingest; after a crash it catches up from the spool at start. Every
+from Python). :meth:`EventHistory.run` starts the core's indexer thread, which tails the spool:
+every :data:`POLL_SECS` (or sooner when poked) it indexes whatever whole zstd frames and sealed
+files are new. The thread never touches Python (no GIL) and runs at SCHED_IDLE priority, so it
+takes only CPU that ingest leaves idle: under a saturating load it lags, and catches up when the
+load eases; after a crash it catches up from the spool at start. Every
 :data:`RETENTION_EVERY_SECS` it deletes events whose eventTime is older than ``[history] days``
 in small transactions.
 
@@ -22,6 +24,7 @@ rebuild``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -54,9 +57,7 @@ class EventHistory:
         self.spool_dir = spool_dir
         self.config = config
         self.failed: str | None = None
-        """Why indexing stopped (None while it works)."""
-        self._poke = trio.Event()
-        self._indexing = trio.Lock()
+        """Why indexing fails (None while it works)."""
 
     @classmethod
     async def open(cls, data_dir: Path, config: HistoryConfig) -> EventHistory:
@@ -66,19 +67,19 @@ class EventHistory:
 
     def poke(self) -> None:
         """Index soon (e.g. after a group commit)."""
-        self._poke.set()
+        self.core.poke()
 
     async def index_now(self) -> int:
-        """Index everything new in the spool now; returns the events newly added."""
+        """Index everything new in the spool now, in this call (tools and tests; the daemon's
+        indexing runs in :meth:`run`'s thread); returns the events newly added."""
         inserted = 0
-        async with self._indexing:
-            while True:
-                report = await trio.to_thread.run_sync(
-                    self.core.index_spool, str(self.spool_dir), BATCH_EVENTS
-                )
-                inserted += report.inserted
-                if not report.more:
-                    return inserted
+        while True:
+            report = await trio.to_thread.run_sync(
+                self.core.index_spool, str(self.spool_dir), BATCH_EVENTS
+            )
+            inserted += report.inserted
+            if not report.more:
+                return inserted
 
     async def expire_now(self, now_ms: int | None = None) -> int:
         """Delete events older than ``[history] days`` (nothing when 0); returns how many."""
@@ -95,46 +96,70 @@ class EventHistory:
                 return removed
             await trio.lowlevel.checkpoint()  # let lookups and indexing in between
 
+    def _check(self) -> None:
+        error = self.core.indexer_error()
+        if error is not None and self.failed is None:
+            log.error(
+                "event history: %s; LookupEvents misses new events until this is fixed (stop "
+                "the daemon and run `trailseal history rebuild` if the database is damaged)",
+                error,
+            )
+        elif error is None and self.failed is not None:
+            log.warning("event history: indexing works again")
+        self.failed = error
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Index the spool continuously, enforce retention; runs until cancelled."""
+        """Start the indexer thread (at idle CPU priority, so that indexing only takes CPU that
+        ingest leaves idle: under a saturating load it lags and catches up afterwards), enforce
+        retention every :data:`RETENTION_EVERY_SECS`; runs until cancelled, then stops the
+        thread."""
+        tid = self.core.start_indexer(
+            str(self.spool_dir), poll_ms=int(POLL_SECS * 1000), batch=BATCH_EVENTS
+        )
+        lower_priority(tid)
         task_status.started()
-        next_expiry = 0.0
-        while True:
-            try:
-                await self.index_now()
-                if trio.current_time() >= next_expiry:
+        try:
+            while True:
+                try:
                     removed = await self.expire_now()
                     if removed:
                         log.info(
-                            "event history: %d events past %d days removed",
+                            "event history: %d events older than %d days removed",
                             removed,
                             self.config.days,
                         )
-                    next_expiry = trio.current_time() + RETENTION_EVERY_SECS
-            except _core.CoreError as exc:
-                if self.failed is None:
-                    log.error(
-                        "event history: %s; LookupEvents misses events from now on: stop the "
-                        "daemon and run `trailseal history rebuild`",
-                        exc,
-                    )
-                self.failed = str(exc)
-            with trio.move_on_after(POLL_SECS):
-                await self._poke.wait()
-            self._poke = trio.Event()
+                except _core.CoreError as exc:
+                    log.error("event history: retention failed: %s", exc)
+                with trio.move_on_after(RETENTION_EVERY_SECS):
+                    while True:
+                        self._check()
+                        await trio.sleep(1.0)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.core.stop_indexer)
 
     async def wait_covered(self, trail: str, seq: int) -> None:
-        """Return once the trail's sealed file ``seq`` is wholly indexed (indexing it now if
-        needed); returns at once when the history has failed."""
-        while self.failed is None:
-            if await trio.to_thread.run_sync(self.core.covered, trail, seq):
+        """Return once the trail's sealed file ``seq`` is wholly indexed; at once when indexing
+        is failing (delivery must not stop for the history)."""
+        self.core.poke()
+        while not await trio.to_thread.run_sync(self.core.covered, trail, seq):
+            self._check()
+            if self.failed is not None:
                 return
-            try:
-                await self.index_now()
-            except _core.CoreError as exc:
-                self.failed = str(exc)
-                log.error("event history: %s; delivery goes on without it", exc)
-                return
-            if await trio.to_thread.run_sync(self.core.covered, trail, seq):
-                return
-            await trio.sleep(POLL_SECS)  # e.g. a gzip seal still transcoding
+            await trio.sleep(0.05)
+
+
+def lower_priority(tid: int) -> None:
+    """Give the thread ``tid`` Linux's SCHED_IDLE policy (it runs only when a CPU is otherwise
+    idle), else the lowest nice value; no-op where neither is possible."""
+    if tid <= 0:
+        return
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except (AttributeError, OSError):
+        log.debug("event history: cannot lower the indexer thread's priority")

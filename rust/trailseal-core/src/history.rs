@@ -1510,4 +1510,36 @@ mod tests {
             .expect("count");
         assert_eq!(left, 0);
     }
+
+    #[test]
+    fn indexer_thread_keeps_up_and_stops() {
+        let dir = temp("history-indexer");
+        let mut cfg = SpoolConfig::new(dir.0.join("spool"), vec![], "111122223333", "us-east-1");
+        cfg.trails = vec![spec("main")];
+        let mut spool = Spool::open(cfg).expect("open spool");
+        let h = std::sync::Arc::new(History::open(&dir.0.join("history.db")).expect("open"));
+        let mut ix = Indexer::spawn(
+            h.clone(),
+            dir.0.join("spool"),
+            std::time::Duration::from_secs(30),
+            7,
+        )
+        .expect("spawn");
+        assert!(ix.tid() > 0);
+        feed(&mut spool, 0..50);
+        let f = spool
+            .seal("main", "111122223333", "us-east-1", false, "k")
+            .expect("seal")
+            .expect("sealed");
+        ix.poke(); // without it the next look would be 30 s away
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !h.covered("main", f.seq).expect("covered") || h.count().expect("count") < 50 {
+            assert!(std::time::Instant::now() < deadline, "not indexed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(h.count().expect("count"), 50);
+        assert_eq!(ix.indexed(), 50);
+        assert!(ix.error().is_none());
+        ix.stop();
+    }
 }

@@ -520,7 +520,16 @@ type LookupPage = (Vec<HistoryEvent>, Option<(i64, i64)>);
 
 #[pyclass(frozen, module = "trailseal._core")]
 struct History {
-    inner: history::History,
+    inner: std::sync::Arc<history::History>,
+    indexer: Mutex<Option<history::Indexer>>,
+}
+
+impl History {
+    fn indexer(&self) -> PyResult<MutexGuard<'_, Option<history::Indexer>>> {
+        self.indexer
+            .lock()
+            .map_err(|_| core_err(CoreError::Invalid("history indexer lock poisoned".into())))
+    }
 }
 
 #[pymethods]
@@ -530,7 +539,52 @@ impl History {
         let inner = py
             .detach(|| history::History::open(&path))
             .map_err(core_err)?;
-        Ok(History { inner })
+        Ok(History {
+            inner: std::sync::Arc::new(inner),
+            indexer: Mutex::new(None),
+        })
+    }
+
+    #[pyo3(signature = (spool_dir, poll_ms = 250, batch = 50_000))]
+    fn start_indexer(
+        &self,
+        spool_dir: std::path::PathBuf,
+        poll_ms: u64,
+        batch: u64,
+    ) -> PyResult<u64> {
+        let mut slot = self.indexer()?;
+        if let Some(ix) = slot.as_ref() {
+            return Ok(ix.tid());
+        }
+        let ix = history::Indexer::spawn(
+            self.inner.clone(),
+            spool_dir,
+            std::time::Duration::from_millis(poll_ms),
+            batch,
+        )
+        .map_err(core_err)?;
+        let tid = ix.tid();
+        *slot = Some(ix);
+        Ok(tid)
+    }
+
+    fn poke(&self) -> PyResult<()> {
+        if let Some(ix) = self.indexer()?.as_ref() {
+            ix.poke();
+        }
+        Ok(())
+    }
+
+    fn indexer_error(&self) -> PyResult<Option<String>> {
+        Ok(self.indexer()?.as_ref().and_then(|ix| ix.error()))
+    }
+
+    fn stop_indexer(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = self.indexer()?.take();
+        if let Some(mut ix) = taken {
+            py.detach(move || ix.stop());
+        }
+        Ok(())
     }
 
     #[pyo3(signature = (spool_dir, max_events = 100_000))]
