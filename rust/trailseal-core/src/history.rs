@@ -10,10 +10,13 @@
 //! events(rid INTEGER PRIMARY KEY, event_id TEXT UNIQUE, event_time INTEGER  -- epoch ms
 //!        insight INTEGER, record BLOB)                                      -- canonical bytes
 //!   index events_by_time(insight, event_time)                  -- no lookup attribute; retention
-//! attrs(key INTEGER, value TEXT, insight INTEGER, event_time INTEGER, rid INTEGER,
-//!       PRIMARY KEY(key, value, insight, event_time, rid)) WITHOUT ROWID
+//! vals(id INTEGER PRIMARY KEY, key INTEGER, value TEXT, UNIQUE(key, value))
+//!   each distinct (lookup attribute, value) once; removed with its last event
+//! attrs(vid INTEGER, insight INTEGER, event_time INTEGER, rid INTEGER,
+//!       PRIMARY KEY(vid, insight, event_time, rid)) WITHOUT ROWID
 //!   one row per lookup attribute of an event (EventName, ReadOnly, Username, EventSource,
-//!   AccessKeyId; ResourceType and ResourceName once per distinct resource entry)
+//!   AccessKeyId; ResourceType and ResourceName once per distinct resource entry); integers
+//!   only, so an insert compares no strings (the writer caches value ids)
 //! progress(trail TEXT, seq INTEGER, offset INTEGER, events INTEGER, done INTEGER,
 //!          PRIMARY KEY(trail, seq))
 //!   per spool file: the byte offset of the next whole zstd frame not yet indexed, the events
@@ -44,7 +47,7 @@ use crate::segment::{self, FOOTER, HEADER, SEPARATOR};
 use crate::verify::{self, Compression};
 
 /// Bumped when the schema changes (an older file is refused: rebuild it).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -301,8 +304,55 @@ struct Progress {
     done: bool,
 }
 
+/// Value ids of the writer, per attribute key (cleared when it grows past [`VALUE_CACHE`]).
+#[derive(Default)]
+struct ValueIds(ahash::AHashMap<(i64, String), i64>);
+
+const VALUE_CACHE: usize = 200_000;
+
+impl ValueIds {
+    /// The id of (key, value), created when `create` (else None when it is not there).
+    fn get(
+        &mut self,
+        conn: &Connection,
+        path: &Path,
+        key: i64,
+        value: &str,
+        create: bool,
+    ) -> Result<Option<i64>> {
+        let k = (key, value.to_owned());
+        if let Some(id) = self.0.get(&k) {
+            return Ok(Some(*id));
+        }
+        let fail = |e| db_err(path, "attribute values", e);
+        let found: Option<i64> = conn
+            .prepare_cached("SELECT id FROM vals WHERE key=?1 AND value=?2")
+            .map_err(fail)?
+            .query_row(params![key, value], |r| r.get(0))
+            .optional()
+            .map_err(fail)?;
+        let id = match (found, create) {
+            (Some(id), _) => id,
+            (None, false) => return Ok(None),
+            (None, true) => {
+                conn.prepare_cached("INSERT INTO vals(key, value) VALUES(?1, ?2)")
+                    .map_err(fail)?
+                    .execute(params![key, value])
+                    .map_err(fail)?;
+                conn.last_insert_rowid()
+            }
+        };
+        if self.0.len() >= VALUE_CACHE {
+            self.0.clear();
+        }
+        self.0.insert(k, id);
+        Ok(Some(id))
+    }
+}
+
 struct Writer {
     conn: Connection,
+    vals: ValueIds,
     /// The `progress` table, cached.
     progress: HashMap<(String, u64), Progress>,
     /// Shared with [`History::covered`].
@@ -347,10 +397,11 @@ CREATE TABLE IF NOT EXISTS events(
   insight INTEGER NOT NULL,
   record BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_time ON events(insight, event_time);
+CREATE TABLE IF NOT EXISTS vals(
+  id INTEGER PRIMARY KEY, key INTEGER NOT NULL, value TEXT NOT NULL, UNIQUE(key, value));
 CREATE TABLE IF NOT EXISTS attrs(
-  key INTEGER NOT NULL, value TEXT NOT NULL, insight INTEGER NOT NULL,
-  event_time INTEGER NOT NULL, rid INTEGER NOT NULL,
-  PRIMARY KEY(key, value, insight, event_time, rid)) WITHOUT ROWID;
+  vid INTEGER NOT NULL, insight INTEGER NOT NULL, event_time INTEGER NOT NULL,
+  rid INTEGER NOT NULL, PRIMARY KEY(vid, insight, event_time, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress(
   trail TEXT NOT NULL, seq INTEGER NOT NULL, offset INTEGER NOT NULL, events INTEGER NOT NULL,
   done INTEGER NOT NULL, PRIMARY KEY(trail, seq));
@@ -375,6 +426,10 @@ impl History {
             std::fs::create_dir_all(dir).map_err(|e| CoreError::io("create directory", dir, e))?;
         }
         let conn = open_conn(path)?;
+        // Checkpoint every ~40 MiB of WAL rather than 4 MiB: attribute pages written again and
+        // again between checkpoints are copied into the database once.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=10000; PRAGMA journal_size_limit=67108864;")
+            .map_err(|e| db_err(path, "set pragmas", e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| db_err(path, "create schema", e))?;
         let version: Option<i64> = conn
@@ -437,6 +492,7 @@ impl History {
             path: path.to_path_buf(),
             writer: Mutex::new(Writer {
                 conn,
+                vals: ValueIds::default(),
                 progress,
                 covered: covered.clone(),
             }),
@@ -515,11 +571,11 @@ impl History {
         let content = verify::decompress(data, compression).map_err(CoreError::Invalid)?;
         let split = segment::split_events(&content).map_err(CoreError::Invalid)?;
         let mut w = self.writer()?;
-        let tx = w
-            .conn
+        let Writer { conn, vals, .. } = &mut *w;
+        let tx = conn
             .transaction()
             .map_err(|e| db_err(&self.path, "begin", e))?;
-        let inserted = insert_events(&tx, &self.path, &split.events)?;
+        let inserted = insert_events(&tx, &self.path, &split.events, vals)?;
         tx.commit().map_err(|e| db_err(&self.path, "commit", e))?;
         Ok((split.events.len() as u64, inserted))
     }
@@ -528,7 +584,8 @@ impl History {
     pub fn expire(&self, cutoff_ms: i64, max_rows: u64) -> Result<u64> {
         let p = &self.path;
         let mut w = self.writer()?;
-        let tx = w.conn.transaction().map_err(|e| db_err(p, "begin", e))?;
+        let Writer { conn, vals, .. } = &mut *w;
+        let tx = conn.transaction().map_err(|e| db_err(p, "begin", e))?;
         let mut old = Vec::new();
         {
             let mut st = tx
@@ -554,24 +611,40 @@ impl History {
         {
             let mut del_attr = tx
                 .prepare_cached(
-                    "DELETE FROM attrs WHERE key=?1 AND value=?2 AND insight=?3 \
-                     AND event_time=?4 AND rid=?5",
+                    "DELETE FROM attrs WHERE vid=?1 AND insight=?2 AND event_time=?3 AND rid=?4",
                 )
                 .map_err(|e| db_err(p, "expire", e))?;
+            let mut touched = HashSet::new();
             let mut del_event = tx
                 .prepare_cached("DELETE FROM events WHERE rid=?1")
                 .map_err(|e| db_err(p, "expire", e))?;
             for (rid, time, insight, record) in &old {
                 if let Ok(f) = extract(record) {
                     for (k, v) in f.attrs() {
-                        del_attr
-                            .execute(params![k as i64, v, insight, time, rid])
-                            .map_err(|e| db_err(p, "expire", e))?;
+                        if let Some(vid) = vals.get(&tx, p, k as i64, v, false)? {
+                            del_attr
+                                .execute(params![vid, insight, time, rid])
+                                .map_err(|e| db_err(p, "expire", e))?;
+                            touched.insert(vid);
+                        }
                     }
                 }
                 del_event
                     .execute([rid])
                     .map_err(|e| db_err(p, "expire", e))?;
+            }
+            // values no event has any more (e.g. an S3 object's ARN) go too
+            let mut unused = tx
+                .prepare_cached(
+                    "DELETE FROM vals WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM attrs WHERE vid=?1)",
+                )
+                .map_err(|e| db_err(p, "expire", e))?;
+            let mut gone = false;
+            for vid in touched {
+                gone |= unused.execute([vid]).map_err(|e| db_err(p, "expire", e))? > 0;
+            }
+            if gone {
+                vals.0.clear();
             }
         }
         tx.commit().map_err(|e| db_err(p, "commit", e))?;
@@ -630,22 +703,27 @@ impl History {
                 }
             }
             Some(Attribute::Other(key, value)) => {
-                let mut st = conn
-                    .prepare_cached(
-                        "SELECT e.rid, e.record FROM attrs a JOIN events e ON e.rid = a.rid \
-                         WHERE a.key=?1 AND a.value=?2 AND a.insight=?3 \
-                         AND a.event_time BETWEEN ?4 AND ?5 AND (a.event_time, a.rid) < (?6, ?7) \
-                         ORDER BY a.event_time DESC, a.rid DESC LIMIT ?8",
-                    )
-                    .map_err(fail)?;
-                for r in st
-                    .query_map(
-                        params![*key as i64, value, insight, start, end, at, ar, want],
-                        map,
-                    )
+                let vid: Option<i64> = conn
+                    .prepare_cached("SELECT id FROM vals WHERE key=?1 AND value=?2")
                     .map_err(fail)?
-                {
-                    rows.push(r.map_err(fail)?);
+                    .query_row(params![*key as i64, value], |r| r.get(0))
+                    .optional()
+                    .map_err(fail)?;
+                if let Some(vid) = vid {
+                    let mut st = conn
+                        .prepare_cached(
+                            "SELECT e.rid, e.record FROM attrs a JOIN events e ON e.rid = a.rid \
+                             WHERE a.vid=?1 AND a.insight=?2 AND a.event_time BETWEEN ?3 AND ?4 \
+                             AND (a.event_time, a.rid) < (?5, ?6) \
+                             ORDER BY a.event_time DESC, a.rid DESC LIMIT ?7",
+                        )
+                        .map_err(fail)?;
+                    for r in st
+                        .query_map(params![vid, insight, start, end, at, ar, want], map)
+                        .map_err(fail)?
+                    {
+                        rows.push(r.map_err(fail)?);
+                    }
                 }
             }
         }
@@ -886,8 +964,13 @@ fn list_sources(dir: &Path) -> Result<std::collections::BTreeMap<u64, Source>> {
 
 /// Insert canonical events and their attribute rows; returns how many were new (an eventID
 /// already there is skipped). The attribute rows of the whole call are inserted sorted by key:
-/// neighbouring inserts then touch the same B-tree pages (about twice as fast as event order).
-fn insert_events(conn: &Connection, path: &Path, records: &[&[u8]]) -> Result<u64> {
+/// neighbouring inserts then touch the same B-tree pages.
+fn insert_events(
+    conn: &Connection,
+    path: &Path,
+    records: &[&[u8]],
+    vals: &mut ValueIds,
+) -> Result<u64> {
     let fail = |e| db_err(path, "insert", e);
     let mut ins = conn
         .prepare_cached(
@@ -911,18 +994,20 @@ fn insert_events(conn: &Connection, path: &Path, records: &[&[u8]]) -> Result<u6
             fields.push((conn.last_insert_rowid(), f));
         }
     }
-    let mut rows: Vec<(i64, &str, bool, i64, i64)> = Vec::with_capacity(fields.len() * 10);
+    let mut rows: Vec<(i64, bool, i64, i64)> = Vec::with_capacity(fields.len() * 10);
     for (rid, f) in &fields {
         for (k, v) in f.attrs() {
-            rows.push((k as i64, v, f.insight, f.event_time_ms, *rid));
+            if let Some(vid) = vals.get(conn, path, k as i64, v, true)? {
+                rows.push((vid, f.insight, f.event_time_ms, *rid));
+            }
         }
     }
     rows.sort_unstable();
     let mut attr = conn
-        .prepare_cached("INSERT OR IGNORE INTO attrs VALUES(?1, ?2, ?3, ?4, ?5)")
+        .prepare_cached("INSERT OR IGNORE INTO attrs VALUES(?1, ?2, ?3, ?4)")
         .map_err(fail)?;
-    for (k, v, insight, time, rid) in rows {
-        attr.execute(params![k, v, insight, time, rid])
+    for (vid, insight, time, rid) in rows {
+        attr.execute(params![vid, insight, time, rid])
             .map_err(fail)?;
     }
     Ok(fields.len() as u64)
@@ -950,19 +1035,24 @@ fn frame_events(content: &[u8], first: bool) -> std::result::Result<Vec<&[u8]>, 
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    let mut pieces = c.split(|&b| b == b'\n').peekable();
-    while let Some(piece) = pieces.next() {
-        let ev = if pieces.peek().is_some() {
-            piece.strip_suffix(b",").ok_or(())?
-        } else {
-            piece
+    let mut rest = c;
+    loop {
+        let (piece, last) = match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                let piece = rest[..i].strip_suffix(b",").ok_or(())?;
+                rest = &rest[i + 1..];
+                (piece, false)
+            }
+            None => (rest, true),
         };
-        if ev.is_empty() {
+        if piece.is_empty() {
             return Err(());
         }
-        out.push(ev);
+        out.push(piece);
+        if last {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }
 
 impl Writer {
@@ -978,7 +1068,7 @@ impl Writer {
             .conn
             .transaction()
             .map_err(|e| db_err(path, "begin", e))?;
-        let inserted = insert_events(&tx, path, events)?;
+        let inserted = insert_events(&tx, path, events, &mut self.vals)?;
         tx.execute(
             "INSERT OR REPLACE INTO progress(trail, seq, offset, events, done) \
              VALUES(?1, ?2, ?3, ?4, ?5)",
@@ -1471,7 +1561,7 @@ mod tests {
         // every lookup is an index range scan (no table scan, no sort)
         let conn = h.reader().expect("reader");
         for sql in [
-            "SELECT e.rid FROM attrs a JOIN events e ON e.rid = a.rid WHERE a.key=1 AND a.value='x' \
+            "SELECT e.rid FROM attrs a JOIN events e ON e.rid = a.rid WHERE a.vid=1 \
              AND a.insight=0 AND a.event_time BETWEEN 0 AND 9 AND (a.event_time, a.rid) < (5, 5) \
              ORDER BY a.event_time DESC, a.rid DESC LIMIT 51",
             "SELECT rid FROM events WHERE insight=0 AND event_time BETWEEN 0 AND 9 \
@@ -1485,8 +1575,14 @@ mod tests {
                 .map(|r| r.expect("row"))
                 .collect();
             let plan = plan.join("; ");
-            assert!(!plan.contains("TEMP B-TREE") && plan.contains("USING"), "{plan}");
-            assert!(!plan.contains("SCAN e") && !plan.contains("SCAN events"), "{plan}");
+            assert!(
+                !plan.contains("TEMP B-TREE") && plan.contains("USING"),
+                "{plan}"
+            );
+            assert!(
+                !plan.contains("SCAN e") && !plan.contains("SCAN events"),
+                "{plan}"
+            );
         }
         drop(conn);
         // retention: everything before minute 10 goes, in small steps
@@ -1509,6 +1605,16 @@ mod tests {
             )
             .expect("count");
         assert_eq!(left, 0);
+        let orphans: i64 = h
+            .reader()
+            .expect("reader")
+            .query_row(
+                "SELECT count(*) FROM vals WHERE id NOT IN (SELECT vid FROM attrs)",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(orphans, 0);
     }
 
     #[test]
