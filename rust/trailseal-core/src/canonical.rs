@@ -750,10 +750,11 @@ fn close_object<'b>(
 
 /// The fast path of [`Document::parse`]: a strict RFC 8259 parser for the common case, which
 /// builds exactly the tree the jiter parser builds, or gives up ([`Bail`]) on anything else —
-/// a string with an escape, a syntax error, a duplicate name, a number `number` refuses,
+/// a bad escape or lone surrogate, a syntax error, a duplicate name, a number `number` refuses,
 /// nesting beyond [`MAX_DEPTH`], input that is not UTF-8 — and then the jiter parser runs from
 /// the start and reports (or handles) it. So every error and every message comes from one
-/// place, and the fast path only has to be right on what it accepts: strings without escapes
+/// place, and the fast path only has to be right on what it accepts: strings with escapes are
+/// decoded into the arena in parse order, as the jiter path interns them; strings without escapes
 /// are spans of the input (the whole text is checked to be UTF-8 first), numbers go through the
 /// same [`number`].
 mod fast {
@@ -829,17 +830,67 @@ mod fast {
         }
 
         /// The span of the string whose opening quote is at `pos`; `pos` moves past its end.
+        /// Without escapes it is the span in the input, else the decoded text in the arena.
         fn string(&mut self) -> R<Span> {
             let start = self.pos + 1;
             let end = scan_string(self.input, start);
-            if self.input.get(end) != Some(&b'"') {
-                return Err(Bail); // an escape, a raw control character or no closing quote
+            match self.input.get(end) {
+                Some(b'"') => {
+                    self.pos = end + 1;
+                    Ok(Span {
+                        start: start as u32,
+                        len: (end - start) as u32,
+                        in_arena: false,
+                        high: false,
+                    })
+                }
+                Some(b'\\') => self.escaped_string(start, end),
+                _ => Err(Bail), // a raw control character or no closing quote
             }
-            self.pos = end + 1;
+        }
+
+        /// Decode the string starting at `start` whose first escape is at `at` into the arena.
+        fn escaped_string(&mut self, start: usize, mut at: usize) -> R<Span> {
+            let input = self.input;
+            let arena_start = self.arena.len();
+            let mut run = start;
+            loop {
+                // input[run..at] is plain text; input[at] is `\` or the closing quote
+                self.arena.extend_from_slice(&input[run..at]);
+                match input.get(at) {
+                    Some(b'"') => break,
+                    Some(b'\\') => {}
+                    _ => return Err(Bail),
+                }
+                let decoded = match input.get(at + 1) {
+                    Some(b'"') => b'"',
+                    Some(b'\\') => b'\\',
+                    Some(b'/') => b'/',
+                    Some(b'b') => 0x08,
+                    Some(b'f') => 0x0c,
+                    Some(b'n') => b'\n',
+                    Some(b'r') => b'\r',
+                    Some(b't') => b'\t',
+                    Some(b'u') => {
+                        let (c, used) = unicode_escape(&input[at..])?;
+                        let mut buf = [0u8; 4];
+                        self.arena
+                            .extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        run = at + used;
+                        at = scan_string(input, run);
+                        continue;
+                    }
+                    _ => return Err(Bail),
+                };
+                self.arena.push(decoded);
+                run = at + 2;
+                at = scan_string(input, run);
+            }
+            self.pos = at + 1;
             Ok(Span {
-                start: start as u32,
-                len: (end - start) as u32,
-                in_arena: false,
+                start: arena_start as u32,
+                len: (self.arena.len() - arena_start) as u32,
+                in_arena: true,
                 high: false,
             })
         }
@@ -963,7 +1014,12 @@ mod fast {
                         return Err(Bail);
                     }
                     let mut key = self.string()?;
-                    let name = &self.input[key.start as usize..(key.start + key.len) as usize];
+                    let r = key.start as usize..(key.start + key.len) as usize;
+                    let name = if key.in_arena {
+                        &self.arena[r]
+                    } else {
+                        &self.input[r]
+                    };
                     key.high = name.iter().any(|&b| b >= 0xEE);
                     let prefix = key_prefix(name);
                     self.ws();
@@ -999,6 +1055,34 @@ mod fast {
                 base,
             )
             .map_err(|_| Bail)
+        }
+    }
+
+    /// The character of the `\uXXXX` escape (or surrogate pair of two) at the start of `s`, and
+    /// the bytes it took; a lone surrogate or a bad hex digit is left to jiter.
+    fn unicode_escape(s: &[u8]) -> R<(char, usize)> {
+        let hex4 = |at: usize| -> R<u32> {
+            let digits = s.get(at..at + 4).ok_or(Bail)?;
+            digits.iter().try_fold(0u32, |n, &d| {
+                let v = char::from(d).to_digit(16).ok_or(Bail)?;
+                Ok(n * 16 + v)
+            })
+        };
+        let first = hex4(2)?;
+        match first {
+            0xD800..=0xDBFF => {
+                if s.get(6..8) != Some(b"\\u") {
+                    return Err(Bail);
+                }
+                let second = hex4(8)?;
+                if !(0xDC00..=0xDFFF).contains(&second) {
+                    return Err(Bail);
+                }
+                let c = 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00);
+                Ok((char::from_u32(c).ok_or(Bail)?, 12))
+            }
+            0xDC00..=0xDFFF => Err(Bail),
+            _ => Ok((char::from_u32(first).ok_or(Bail)?, 6)),
         }
     }
 
@@ -1229,16 +1313,19 @@ mod tests {
 
     #[test]
     fn fast_path_agrees_with_jiter_on_mutated_texts() {
-        let seeds: [&[u8]; 6] = [
+        let seeds: [&[u8]; 8] = [
             br#"{"eventVersion":"1.09","userIdentity":{"type":"AssumedRole","arn":"a:b"},"n":[1,-0,0.5,1e3,-2.50E-3,9007199254740992],"t":true,"f":false,"z":null,"e":{},"a":[]}"#,
             " { \"b\" : [ 1 , 2 ] ,\t\"a\" :\r\n{\"\\u00e9\":\"x\"} } ".as_bytes(),
             "{\"zoë\":\"renée\",\"日本\":[\"語\",{\"\u{e000}\":1,\"\u{1f600}\":2}]}".as_bytes(),
             br#"[[[[[[]]]]],{"a":{"a":{"a":0}}},"q\"uote",12345678901234567890]"#,
             br#"{"a":1,"a":2,"b":[1.0,0.0,-0.0,100,1E21,1e-7]}"#,
             br#""just a string""#,
+            br#"{"e\u00e9":"a\"b\\c\/d\b\f\n\r\t\u00e9\ud83d\ude00\u0000\uE000x","k\"":["\u12ab\uFFFF"]}"#,
+            r#"["\ud800","\udc00x","\ud83d\u0041","\u00G0","\x","\u00e","é\u00e9é",{"\ud800\udc00":0}]"#
+                .as_bytes(),
         ];
         // JSON-ish bytes a mutation inserts or swaps in
-        let alphabet = b"{}[]:,\"\\ \t\n0123456789-+.eEtruefalsn\x01\x7f\xc3\xa9\xff";
+        let alphabet = b"{}[]:,\"\\ \t\n0123456789-+.eEtruefalsnu/bdD\x01\x7f\xc3\xa9\xff";
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = |n: usize| {
             state ^= state << 13;
