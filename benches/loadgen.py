@@ -342,11 +342,16 @@ def trails_toml(trails: Mapping[str, Mapping[str, object]]) -> str:
     )
 
 
+HISTORY_ENABLED = True
+"""``[history] enabled`` of the benchmark's daemons (``--history on|off``)."""
+
+
 def write_config(
     root: Path, *, tcp_port: int, trails: Mapping[str, Mapping[str, object]] | None = None
 ) -> Path:
     """The benchmark's config: FORMATS.md §9 defaults except the paths, ports and the API;
-    ``trails`` (default: one ``file://`` trail "default" delivering to ``root/bucket``)."""
+    ``trails`` (default: one ``file://`` trail "default" delivering to ``root/bucket``);
+    ``[history] enabled`` from :data:`HISTORY_ENABLED`."""
     data_dir = root / "data"
     config = root / "trailseal.toml"
     if trails is None:
@@ -366,6 +371,9 @@ tcp_listen = "127.0.0.1:{tcp_port}"
 
 [api]
 listen = ""
+
+[history]
+enabled = {"true" if HISTORY_ENABLED else "false"}
 """
         + trails_toml(trails)
     )
@@ -1071,7 +1079,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--seal-after-bytes", type=int, help="every trail's seal_after_bytes (64 MiB)"
     )
+    parser.add_argument(
+        "--history",
+        choices=("on", "off"),
+        default="on",
+        help="the daemon's event history ([history] enabled; default on)",
+    )
     args = parser.parse_args(argv)
+    global HISTORY_ENABLED
+    HISTORY_ENABLED = args.history == "on"
     try:
         summary = run(
             events=args.events,
@@ -1096,6 +1112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoadError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 1
+    summary["history"] = HISTORY_ENABLED
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     return 0 if summary.get("ok", True) else 1
 
