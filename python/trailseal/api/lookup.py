@@ -48,7 +48,7 @@ def _time_ms(params: dict[str, Any], name: str, *, start: bool) -> int | None:
         )
     ms = float(value) * 1000
     # Events have whole-second times: an inclusive bound with a fraction rounds inward.
-    return int(math.ceil(ms)) if start else int(math.floor(ms))
+    return math.ceil(ms) if start else math.floor(ms)
 
 
 def _attribute(params: dict[str, Any]) -> tuple[str, str] | None:
