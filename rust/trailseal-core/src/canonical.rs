@@ -330,9 +330,7 @@ impl<'a, 's> Document<'a, 's> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    self.write_span_string(out, m.key);
-                    out.push(b':');
-                    self.write_value(m.value as usize, out);
+                    self.write_member(out, m);
                 }
                 out.push(b'}');
             }
@@ -365,7 +363,7 @@ impl<'a, 's> Document<'a, 's> {
             _ => &[],
         };
         for m in members {
-            let (key, value) = (self.span(m.key), m.value as usize);
+            let key = self.span(m.key);
             if skip.iter().any(|s| s.as_bytes() == key) {
                 continue;
             }
@@ -375,15 +373,57 @@ impl<'a, 's> Document<'a, 's> {
                 write_extra(out, name, *v);
             }
             comma(out);
-            self.write_span_string(out, m.key);
-            out.push(b':');
-            self.write_value(value, out);
+            self.write_member(out, m);
         }
         for (name, v) in extra {
             comma(out);
             write_extra(out, name, *v);
         }
         out.push(b'}');
+    }
+
+    /// Append `"name":value` of a member.
+    fn write_member(&self, out: &mut Vec<u8>, m: &Member) {
+        match self.member_in_input(m) {
+            Some(whole) => out.extend_from_slice(whole),
+            None => {
+                self.write_span_string(out, m.key);
+                out.push(b':');
+                self.write_value(m.value as usize, out);
+            }
+        }
+    }
+
+    /// The input bytes of the member `m` when they already are its canonical form: a name
+    /// without escapes, then `:` with no whitespace around it, then a string without escapes
+    /// or an integer literal that is its own canonical form (both spans of the input).
+    fn member_in_input(&self, m: &Member) -> Option<&[u8]> {
+        #[cfg(test)]
+        if tests::NO_MEMBER_COPY.with(std::cell::Cell::get) {
+            return None;
+        }
+        if m.key.in_arena {
+            return None;
+        }
+        let (value, quoted) = match self.s.nodes[m.value as usize] {
+            Node::String(span) if !span.in_arena => (span, true),
+            Node::Number(span) if !span.in_arena => (span, false),
+            _ => return None,
+        };
+        let start = (m.key.start as usize).checked_sub(1)?; // the name's opening quote
+        let colon = (m.key.start + m.key.len) as usize + 1; // after its closing quote
+        let q = usize::from(quoted);
+        if value.start as usize != colon + 1 + q {
+            return None;
+        }
+        let end = (value.start + value.len) as usize + q;
+        let whole = self.input.get(start..end)?;
+        let colon_at = colon - start;
+        let ok = whole[0] == b'"'
+            && whole[colon_at - 1] == b'"'
+            && whole[colon_at] == b':'
+            && (!quoted || (whole[colon_at + 1] == b'"' && whole[whole.len() - 1] == b'"'));
+        ok.then_some(whole)
     }
 
     fn write_span_string(&self, out: &mut Vec<u8>, span: Span) {
@@ -850,6 +890,8 @@ mod fast {
         }
 
         /// Decode the string starting at `start` whose first escape is at `at` into the arena.
+        #[cold]
+        #[inline(never)]
         fn escaped_string(&mut self, start: usize, mut at: usize) -> R<Span> {
             let input = self.input;
             let arena_start = self.arena.len();
@@ -1299,13 +1341,22 @@ mod tests {
         canonicalize(input).expect_err("must be rejected")
     }
 
-    /// Canonical bytes through the fast path (when it takes the input) and through jiter alone.
+    thread_local! {
+        /// Set: the writer never copies a whole member from the input (`member_in_input`).
+        pub(super) static NO_MEMBER_COPY: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    /// Canonical bytes through the fast path (when it takes the input) and through jiter alone
+    /// with every member written piece by piece; both ways must agree.
     fn both_paths(input: &[u8]) -> (Result<Vec<u8>, CanonError>, Result<Vec<u8>, CanonError>) {
         let run = |try_fast: bool| {
+            NO_MEMBER_COPY.with(|c| c.set(!try_fast));
             let mut scratch = Scratch::default();
             let doc = Document::parse_with(input, &mut scratch, try_fast)?;
             let mut out = Vec::new();
             doc.write_value(doc.root(), &mut out);
+            NO_MEMBER_COPY.with(|c| c.set(false));
             Ok(out)
         };
         (run(true), run(false))
