@@ -122,8 +122,13 @@ def _check_destination(ctx: CallContext, trail: ApiTrail) -> None:
         )
 
 
-def _describe(ctx: CallContext, name: str) -> dict[str, Any]:
-    return trail_to_dict(_registry(ctx).trails[name], ctx.state.config)
+def _trail_response(ctx: CallContext, name: str) -> dict[str, Any]:
+    """CreateTrail's and UpdateTrail's answer: the trail as DescribeTrails gives it, less the
+    members those two operations do not return."""
+    out = trail_to_dict(_registry(ctx).trails[name], ctx.state.config)
+    for member in ("HomeRegion", "HasCustomEventSelectors", "HasInsightSelectors"):
+        out.pop(member, None)
+    return out
 
 
 @operation("CreateTrail", write=True)
@@ -136,11 +141,7 @@ async def create_trail(ctx: CallContext, params: dict[str, Any]) -> dict[str, An
     trail = _apply_common(params, ApiTrail(bucket=""))
     _check_destination(ctx, trail)
     await _do(_registry(ctx).create(name, trail))
-    out = _describe(ctx, name)
-    out.pop("HomeRegion", None)
-    out.pop("HasCustomEventSelectors", None)
-    out.pop("HasInsightSelectors", None)
-    return out
+    return _trail_response(ctx, name)
 
 
 @operation("UpdateTrail", write=True)
@@ -153,11 +154,7 @@ async def update_trail(ctx: CallContext, params: dict[str, Any]) -> dict[str, An
         return trail
 
     await _do(_registry(ctx).update(name, change))
-    out = _describe(ctx, name)
-    out.pop("HomeRegion", None)
-    out.pop("HasCustomEventSelectors", None)
-    out.pop("HasInsightSelectors", None)
-    return out
+    return _trail_response(ctx, name)
 
 
 @operation("DeleteTrail", write=True)
