@@ -427,11 +427,11 @@ impl History {
         }
         let conn = open_conn(path)?;
         // Checkpoint every ~40 MiB of WAL rather than 4 MiB: attribute pages written again and
-        // again between checkpoints are copied into the database once. A 256 MiB page cache
+        // again between checkpoints are copied into the database once. A 64 MiB page cache
         // keeps the eventID and value indexes (random keys) in memory up to millions of events.
         conn.execute_batch(
             "PRAGMA wal_autocheckpoint=10000; PRAGMA journal_size_limit=67108864; \
-             PRAGMA cache_size=-262144;",
+             PRAGMA cache_size=-65536;",
         )
         .map_err(|e| db_err(path, "set pragmas", e))?;
         conn.execute_batch(SCHEMA)
