@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import os
 import subprocess
 import sys
 import time
@@ -354,6 +355,16 @@ def test_trailseal_lookup_cli(api_daemon: tuple[DaemonProcess, Any]) -> None:
     events = json.loads(out.stdout)["Events"]
     assert [e["EventId"] for e in events] == [f"cli-{i}" for i in range(60)]
     assert events[0]["EventTime"].startswith(iso(NOW)[:10])
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "trailseal.cli", "lookup", "--config", str(d.config_path),
+            "--endpoint-url", endpoint, "--output", "table", "--max-results", "3",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "3 events (more remain)" in out.stdout and "cli-0" in out.stdout, out.stdout
     out = subprocess.run(
         [
             sys.executable, "-m", "trailseal.cli", "lookup", "--config", str(d.config_path),
