@@ -54,6 +54,9 @@ log = logging.getLogger("trailseal")
 
 SUBMISSION_CHANNEL_SIZE = 64
 """Chunks (≤ 256 KiB each) waiting for the batcher; when full, connections stop reading."""
+HISTORY_SETTLE_SECS = 10.0
+"""At shutdown, how long delivered files may wait for the event history before they are left
+in the spool (recorded as delivered; removed after the next start)."""
 NOTIFY_FLUSH_SECS = 3.0
 """At shutdown, how long queued delivery notifications may still take (best-effort)."""
 
@@ -361,7 +364,7 @@ async def _serve(
                     )
                     stages.sealer = sealer
                     for name in unfinished:  # deletions a crash cut short
-                        delivery.start_soon(trails.delete, name)
+                        delivery.start_soon(trails.resume_delete, name)
                     for name, api_trail in trails.api.items():
                         if not api_trail.logging and not api_trail.deleting:
                             delivery.start_soon(stages.drain, name)  # stopped: deliver leftovers
@@ -409,6 +412,15 @@ async def _serve(
                 # the uploaders delivered everything
                 stages.stop_writers()
             await stages.write_finals()
+            if history is not None:  # delivered files leave the spool once indexed (bounded)
+                with trio.move_on_after(HISTORY_SETTLE_SECS):
+                    await history.settle()
+                if history.waiting_files:
+                    log.warning(
+                        "event history: %d delivered log files stay in the spool until they "
+                        "are indexed after the next start",
+                        history.waiting_files,
+                    )
             for scope in side:  # api, notifiers, retention
                 scope.cancel()  # the notifiers stop retrying; what is queued gets one last try
             for notifier in notifiers.values():

@@ -46,6 +46,8 @@ log = logging.getLogger("trailseal.trails")
 STORE_NAME = "trails/api-trails.json"
 MAX_TRAILS = 64
 """The Core routes with a 64-bit mask."""
+DELETE_WAIT_SECS = 120.0
+"""How long DeleteTrail waits for the trail's delivered files to leave the spool."""
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -347,8 +349,29 @@ class TrailRegistry:
             await self.stages.drain(name)
         await self.finish_delete(name)
 
+    async def resume_delete(self, name: str) -> None:
+        """At start: finish a deletion a restart cut short (deliver, final digest, remove)."""
+        assert self.stages is not None
+        await self.stages.drain(name)
+        await self.finish_delete(name)
+
     async def finish_delete(self, name: str) -> None:
-        """The last step of a deletion (also run at start for one cut short)."""
+        """The last step of a deletion: once the trail's delivered files have left the spool
+        (the event history may still be indexing them), remove its spool and its entry. If that
+        takes longer than :data:`DELETE_WAIT_SECS`, the trail stays marked as being deleted
+        (hidden) and the deletion is finished after the next start."""
+        with trio.move_on_after(DELETE_WAIT_SECS) as wait:
+            while True:
+                if not await self._run(lambda: self.core.sealed_files(name)):
+                    break
+                await trio.sleep(0.2)  # the history's removals run in its own task
+        if wait.cancelled_caught:
+            log.warning(
+                "trail %s: delivered files still wait in the spool for the event history; the "
+                "deletion is finished after the next start",
+                name,
+            )
+            return
         async with self._lock:
             await self._run(lambda: self.core.remove_trail(name))
             self.api.pop(name, None)

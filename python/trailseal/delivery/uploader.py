@@ -31,7 +31,7 @@ from trailseal import _core, metrics
 from trailseal.config import TrailConfig
 from trailseal.delivery.destination import Destination
 from trailseal.delivery.notify import Notifier
-from trailseal.durable import fsync_dir
+from trailseal.durable import fsync_dir, replace_atomically
 from trailseal.errors import TrailsealError
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,15 @@ _history: HistoryGate | None = None
 class HistoryGate(Protocol):
     """The event history, as the uploader sees it (:class:`trailseal.history.EventHistory`)."""
 
-    async def wait_covered(self, trail: str, seq: int) -> None: ...
+    def release(self, trail: str, seq: int, remove: Callable[[], None]) -> None:
+        """A delivered file: call ``remove`` (blocking) once the history has indexed it."""
 
 
 def set_history(history: HistoryGate | None) -> None:
-    """Gate every removal from the spool on the event history having indexed the file (the
-    daemon sets this when ``[history] enabled``)."""
+    """Leave every delivered file in the spool until the event history has indexed it (the
+    daemon sets this when ``[history] enabled``). Delivery never waits for the history: the
+    file is handed to :meth:`HistoryGate.release` and recorded in ``awaiting-history.txt``, so
+    that after a restart it is not delivered again."""
     global _history
     _history = history
 
@@ -110,6 +113,37 @@ class DeliveryState:
         if not isinstance(raw, dict):
             raise TrailsealError(f"digest state {self.digests_path} is not a JSON object")
         return raw
+
+    @property
+    def awaiting_path(self) -> Path:
+        return self.dir / "awaiting-history.txt"
+
+    def mark_awaiting(self, seq: int) -> None:
+        """Record that sealed file ``seq`` is delivered and waits in the spool for the history."""
+        with self.lock:
+            self.ensure_dir()
+            with open(self.awaiting_path, "ab") as f:
+                f.write(f"{seq}\n".encode())
+                f.flush()
+                os.fsync(f.fileno())
+
+    def read_awaiting(self) -> set[int]:
+        """The delivered files still waiting for the history (a torn last line is ignored)."""
+        with self.lock:
+            try:
+                raw = self.awaiting_path.read_bytes()
+            except FileNotFoundError:
+                return set()
+        return {int(line) for line in raw.split(b"\n") if line.strip().isdigit()}
+
+    def keep_awaiting(self, seqs: set[int]) -> None:
+        """Rewrite the awaiting list to ``seqs`` (at start: those still in the spool)."""
+        with self.lock:
+            if not seqs:
+                self.awaiting_path.unlink(missing_ok=True)
+                return
+            data = "".join(f"{seq}\n" for seq in sorted(seqs)).encode()
+            replace_atomically(self.awaiting_path, data)
 
     def _recently_listed(self) -> set[str]:
         keys: set[str] = set()
@@ -217,13 +251,22 @@ async def deliver_one(
         f"recording delivered file {key} in {state.delivered_path}",
         lambda: state.append_delivered(entry),
     )
-    if _history is not None:  # the history must have read the file before it leaves the spool
-        await _history.wait_covered(sealed.trail, sealed.seq)
-    await retry_forever(
-        f"removing delivered file seq {sealed.seq} of trail {sealed.trail} from the spool",
-        lambda: core.remove_sealed(sealed.trail, sealed.seq),
-    )
+    if _history is not None:  # it leaves the spool once the history has read it
+        await retry_forever(
+            f"recording delivered file seq {sealed.seq} in {state.awaiting_path}",
+            lambda: state.mark_awaiting(sealed.seq),
+        )
+        _history.release(sealed.trail, sealed.seq, _remover(core, sealed.trail, sealed.seq))
+    else:
+        await retry_forever(
+            f"removing delivered file seq {sealed.seq} of trail {sealed.trail} from the spool",
+            _remover(core, sealed.trail, sealed.seq),
+        )
     log.debug("delivered %s (%d events)", key, sealed.event_count)
+
+
+def _remover(core: _core.Core, trail: str, seq: int) -> Callable[[], None]:
+    return lambda: core.remove_sealed(trail, seq)
 
 
 async def run(
@@ -241,10 +284,20 @@ async def run(
     state = DeliveryState(state_dir)
     await trio.to_thread.run_sync(state.ensure_dir)
     leftovers = await trio.to_thread.run_sync(core.sealed_files, trail.name)
+    awaiting = await trio.to_thread.run_sync(state.read_awaiting)
+    awaiting &= {item.seq for item in leftovers}
+    await trio.to_thread.run_sync(state.keep_awaiting, awaiting)
     task_status.started()
     done: set[int] = set()
     for item in sorted(leftovers, key=lambda s: s.seq):
-        await deliver_one(core, destination, state, item, notifier)
+        if item.seq in awaiting:  # delivered before a restart, not yet indexed by the history
+            remove = _remover(core, item.trail, item.seq)
+            if _history is not None:
+                _history.release(item.trail, item.seq, remove)
+            else:
+                await retry_forever(f"removing delivered file seq {item.seq}", remove)
+        else:
+            await deliver_one(core, destination, state, item, notifier)
         done.add(item.seq)
     async with sealed:
         async for item in sealed:

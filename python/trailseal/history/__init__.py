@@ -15,9 +15,12 @@ trail selects are written nowhere, so they are not in the history either. Lookup
 category is every event that is not an Insight event (management, data and network activity
 events a trail logged); ``EventCategory: insight`` gives Insight events only.
 
-The uploader asks :meth:`EventHistory.wait_covered` before it removes a delivered file from the
-spool, so nothing leaves the spool unindexed. When the history fails (a damaged database), it
-logs an ERROR and stops gating delivery: the history then lags until ``trailseal history
+Nothing leaves the spool unindexed, and delivery never waits for the history: the uploader
+hands each delivered file to :meth:`EventHistory.release`, and :meth:`run` removes it from the
+spool once it is indexed (a file still waiting at shutdown stays, recorded as delivered, and is
+removed after the next start). While the history lags, those files count toward ``[ingest]
+spool_max_bytes`` (a WARNING says how many wait). When the history fails (a damaged database),
+it logs an ERROR and lets every file go: the history then lags until ``trailseal history
 rebuild``.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -43,6 +47,8 @@ RETENTION_EVERY_SECS = 60.0
 RETENTION_STEP_ROWS = 2_000
 """Events deleted per transaction (short, so lookups and indexing interleave)."""
 DAY_MS = 86_400_000
+BACKLOG_WARN_FILES = 64
+"""From this many delivered files waiting for the history, a WARNING (at most once a minute)."""
 
 
 def database_path(data_dir: Path) -> Path:
@@ -58,6 +64,9 @@ class EventHistory:
         self.config = config
         self.failed: str | None = None
         """Why indexing fails (None while it works)."""
+        self._releases: list[tuple[str, int, Callable[[], None]]] = []
+        """Delivered files waiting in the spool to be indexed: (trail, seq, remove)."""
+        self._backlog_warned = 0.0
 
     @classmethod
     async def open(cls, data_dir: Path, config: HistoryConfig) -> EventHistory:
@@ -133,20 +142,67 @@ class EventHistory:
                 with trio.move_on_after(RETENTION_EVERY_SECS):
                     while True:
                         self._check()
-                        await trio.sleep(1.0)
+                        await self.remove_covered()
+                        await trio.sleep(POLL_SECS)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.core.stop_indexer)
 
-    async def wait_covered(self, trail: str, seq: int) -> None:
-        """Return once the trail's sealed file ``seq`` is wholly indexed; at once when indexing
-        is failing (delivery must not stop for the history)."""
+    def release(self, trail: str, seq: int, remove: Callable[[], None]) -> None:
+        """A delivered file: ``remove`` it from the spool (a blocking call) once it is indexed.
+        Never waits."""
+        self._releases.append((trail, seq, remove))
         self.core.poke()
-        while not await trio.to_thread.run_sync(self.core.covered, trail, seq):
+
+    @property
+    def waiting_files(self) -> int:
+        """Delivered files still waiting in the spool for the history."""
+        return len(self._releases)
+
+    async def settle(self) -> None:
+        """At shutdown: remove released files as the history indexes them, until none is left
+        (the caller bounds it; what is left stays in the spool, recorded as delivered)."""
+        self.core.poke()
+        while self._releases:
             self._check()
-            if self.failed is not None:
-                return
-            await trio.sleep(0.05)
+            await self.remove_covered()
+            if self._releases:
+                await trio.sleep(0.05)
+
+    async def remove_covered(self) -> int:
+        """Remove every released file the history has indexed (all of them while indexing
+        fails); returns how many went."""
+        batch = list(self._releases)
+        if not batch:
+            return 0
+        failing = self.failed is not None
+
+        def work() -> list[tuple[str, int, Callable[[], None]]]:
+            gone = []
+            for item in batch:
+                trail, seq, remove = item
+                if failing or self.core.covered(trail, seq):
+                    try:
+                        remove()
+                    except _core.CoreError as exc:
+                        log.warning("removing delivered file %s/%d failed: %s", trail, seq, exc)
+                        continue
+                    gone.append(item)
+            return gone
+
+        gone = await trio.to_thread.run_sync(work)
+        ids = {id(item) for item in gone}
+        self._releases = [item for item in self._releases if id(item) not in ids]
+        now = time.monotonic()
+        if len(self._releases) >= BACKLOG_WARN_FILES and now - self._backlog_warned > 60:
+            self._backlog_warned = now
+            log.warning(
+                "event history: %d delivered log files wait in the spool to be indexed (they "
+                "count toward [ingest] spool_max_bytes); the history catches up when the load "
+                "eases",
+                len(self._releases),
+            )
+        return len(gone)
 
 
 def lower_priority(tid: int) -> None:
