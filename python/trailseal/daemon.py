@@ -81,6 +81,7 @@ def main(config_path: Path | None, check_only: bool) -> int:
         print(config_mod.describe(config))
         return 0
     try:
+        _check_data_dir(config.daemon.data_dir)  # before reading the API trails stored there
         config, api_trails = registry_mod.with_api_trails(config)
         prepared = _prepare(config)
     except TrailsealError as exc:
