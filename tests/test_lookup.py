@@ -374,3 +374,63 @@ def test_trailseal_lookup_cli(api_daemon: tuple[DaemonProcess, Any]) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert out.returncode != 0 and "AttributeKey" in out.stderr
+
+
+def test_the_stock_aws_cli_looks_up_events(
+    api_daemon: tuple[DaemonProcess, Any], tmp_path: Any
+) -> None:
+    """``aws cloudtrail lookup-events``: its own pagination over NextToken gives every match in
+    order, its options reach the daemon, and a refused request shows CloudTrail's exception."""
+    import shutil
+
+    aws = shutil.which("aws", path=os.path.dirname(sys.executable))
+    if aws is None:
+        pytest.skip("the AWS CLI (awscli, dev extra) is not installed in this environment")
+    d, client = api_daemon
+    sent = synthetic_events(120)
+    send(d, sent)
+    wait_indexed(client, sent[-1]["eventID"])
+    from trailseal.api.connect import resolve
+
+    endpoint = resolve(d.config_path, endpoint_url=client.meta.endpoint_url)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "AWS_ACCESS_KEY_ID": endpoint.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": endpoint.secret_access_key,
+        "AWS_ENDPOINT_URL_CLOUDTRAIL": endpoint.url,
+        "AWS_DEFAULT_REGION": endpoint.region,
+    }
+
+    def lookup(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [aws, "cloudtrail", "lookup-events", "--output", "json", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=env,
+        )
+
+    value = "s3.amazonaws.com"
+    # --page-size 7 makes the CLI follow NextToken many times
+    out = lookup(
+        "--lookup-attributes",
+        f"AttributeKey=EventSource,AttributeValue={value}",
+        "--page-size",
+        "7",
+    )
+    assert out.returncode == 0, out.stderr
+    got = [e["EventId"] for e in json.loads(out.stdout)["Events"]]
+    assert got == expected(sent, "EventSource", value) and len(got) > 7
+    start, end = NOW - 4900, NOW - 4800  # the events are 3 s apart from NOW - 5000
+    out = lookup("--start-time", iso(start), "--end-time", iso(end), "--max-items", "1000")
+    assert out.returncode == 0, out.stderr
+    got = [e["EventId"] for e in json.loads(out.stdout)["Events"]]
+    assert got == expected(sent, None, None, start=start, end=end) and got
+    refused = lookup("--start-time", iso(end), "--end-time", iso(start))
+    assert refused.returncode != 0 and "InvalidTimeRangeException" in refused.stderr
+    refused = lookup("--lookup-attributes", "AttributeKey=Color,AttributeValue=red")
+    assert refused.returncode != 0
