@@ -8,8 +8,13 @@
 //! committed, a power loss at most the last transactions, which the spool re-indexes):
 //! ```text
 //! events(rid INTEGER PRIMARY KEY, event_id TEXT UNIQUE, event_time INTEGER  -- epoch ms
-//!        insight INTEGER, record BLOB)                                      -- canonical bytes
+//!        insight INTEGER)
 //!   index events_by_time(insight, event_time)                  -- no lookup attribute; retention
+//!   rid = cid << CHUNK_BITS | position: the record is in chunk cid at that position
+//! chunks(cid INTEGER PRIMARY KEY, data BLOB)
+//!   the canonical records of up to 2^CHUNK_BITS consecutively inserted events, joined by '\n'
+//!   (a canonical record holds no raw newline), zstd-compressed as one frame; removed with its
+//!   last event
 //! vals(id INTEGER PRIMARY KEY, key INTEGER, value TEXT, UNIQUE(key, value))
 //!   each distinct (lookup attribute, value) once; removed with its last event
 //! attrs(vid INTEGER, insight INTEGER, event_time INTEGER, rid INTEGER,
@@ -47,7 +52,14 @@ use crate::segment::{self, FOOTER, HEADER, SEPARATOR};
 use crate::verify::{self, Compression};
 
 /// Bumped when the schema changes (an older file is refused: rebuild it).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// Events per record chunk: 2^CHUNK_BITS (a lookup decompresses one chunk per event it returns
+/// from a chunk not yet read).
+const CHUNK_BITS: u32 = 6;
+const CHUNK_EVENTS: i64 = 1 << CHUNK_BITS;
+/// zstd level of record chunks (fast: the indexer must keep up with ingest).
+const CHUNK_LEVEL: i32 = 1;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -353,6 +365,8 @@ impl ValueIds {
 struct Writer {
     conn: Connection,
     vals: ValueIds,
+    /// The next chunk id.
+    next_cid: i64,
     /// The `progress` table, cached.
     progress: HashMap<(String, u64), Progress>,
     /// Shared with [`History::covered`].
@@ -394,8 +408,8 @@ CREATE TABLE IF NOT EXISTS events(
   rid INTEGER PRIMARY KEY,
   event_id TEXT NOT NULL UNIQUE,
   event_time INTEGER NOT NULL,
-  insight INTEGER NOT NULL,
-  record BLOB NOT NULL);
+  insight INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks(cid INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_time ON events(insight, event_time);
 CREATE TABLE IF NOT EXISTS vals(
   id INTEGER PRIMARY KEY, key INTEGER NOT NULL, value TEXT NOT NULL, UNIQUE(key, value));
@@ -481,6 +495,14 @@ impl History {
                 progress.insert(k, v);
             }
         }
+        let next_cid: i64 = conn
+            .query_row(
+                "SELECT max(coalesce((SELECT max(cid) FROM chunks), 0), \
+                 coalesce((SELECT max(rid) FROM events), 0) >> ?1) + 1",
+                [CHUNK_BITS],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_err(path, "read the last chunk id", e))?;
         let reader = open_conn(path)?;
         reader
             .execute_batch("PRAGMA query_only=1;")
@@ -497,6 +519,7 @@ impl History {
             writer: Mutex::new(Writer {
                 conn,
                 vals: ValueIds::default(),
+                next_cid,
                 progress,
                 covered: covered.clone(),
             }),
@@ -575,11 +598,16 @@ impl History {
         let content = verify::decompress(data, compression).map_err(CoreError::Invalid)?;
         let split = segment::split_events(&content).map_err(CoreError::Invalid)?;
         let mut w = self.writer()?;
-        let Writer { conn, vals, .. } = &mut *w;
+        let Writer {
+            conn,
+            vals,
+            next_cid,
+            ..
+        } = &mut *w;
         let tx = conn
             .transaction()
             .map_err(|e| db_err(&self.path, "begin", e))?;
-        let inserted = insert_events(&tx, &self.path, &split.events, vals)?;
+        let inserted = insert_events(&tx, &self.path, &split.events, vals, next_cid)?;
         tx.commit().map_err(|e| db_err(&self.path, "commit", e))?;
         Ok((split.events.len() as u64, inserted))
     }
@@ -594,7 +622,7 @@ impl History {
         {
             let mut st = tx
                 .prepare_cached(
-                    "SELECT rid, event_time, insight, record FROM events \
+                    "SELECT rid, event_time, insight FROM events \
                      WHERE insight IN (0, 1) AND event_time < ?1 ORDER BY event_time LIMIT ?2",
                 )
                 .map_err(|e| db_err(p, "find expired events", e))?;
@@ -604,7 +632,6 @@ impl History {
                         r.get::<_, i64>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, i64>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
                     ))
                 })
                 .map_err(|e| db_err(p, "find expired events", e))?;
@@ -612,6 +639,7 @@ impl History {
                 old.push(row.map_err(|e| db_err(p, "find expired events", e))?);
             }
         }
+        let chunks = Chunks::load(&tx, p, old.iter().map(|o| o.0))?;
         {
             let mut del_attr = tx
                 .prepare_cached(
@@ -622,8 +650,8 @@ impl History {
             let mut del_event = tx
                 .prepare_cached("DELETE FROM events WHERE rid=?1")
                 .map_err(|e| db_err(p, "expire", e))?;
-            for (rid, time, insight, record) in &old {
-                if let Ok(f) = extract(record) {
+            for (rid, time, insight) in &old {
+                if let Some(Ok(f)) = chunks.record(*rid).map(extract) {
                     for (k, v) in f.attrs() {
                         if let Some(vid) = vals.get(&tx, p, k as i64, v, false)? {
                             del_attr
@@ -650,6 +678,19 @@ impl History {
             if gone {
                 vals.0.clear();
             }
+            // chunks whose every event went
+            let mut unused = tx
+                .prepare_cached(
+                    "DELETE FROM chunks WHERE cid=?1 AND NOT EXISTS \
+                     (SELECT 1 FROM events WHERE rid BETWEEN ?2 AND ?3)",
+                )
+                .map_err(|e| db_err(p, "expire", e))?;
+            for cid in chunks.0.keys() {
+                let first = cid << CHUNK_BITS;
+                unused
+                    .execute(params![cid, first, first + CHUNK_EVENTS - 1])
+                    .map_err(|e| db_err(p, "expire", e))?;
+            }
         }
         tx.commit().map_err(|e| db_err(p, "commit", e))?;
         Ok(old.len() as u64)
@@ -673,14 +714,14 @@ impl History {
         let (at, ar) = q.after.unwrap_or((i64::MAX, i64::MAX));
         let insight = i64::from(q.insight);
         let want = q.limit as i64 + 1;
-        let mut rows: Vec<(i64, Vec<u8>)> = Vec::new();
-        let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?));
+        let mut rows: Vec<i64> = Vec::new();
+        let map = |r: &rusqlite::Row<'_>| r.get::<_, i64>(0);
         let fail = |e| db_err(p, "lookup", e);
         match &q.attribute {
             None => {
                 let mut st = conn
                     .prepare_cached(
-                        "SELECT rid, record FROM events WHERE insight=?1 \
+                        "SELECT rid FROM events WHERE insight=?1 \
                          AND event_time BETWEEN ?2 AND ?3 AND (event_time, rid) < (?4, ?5) \
                          ORDER BY event_time DESC, rid DESC LIMIT ?6",
                     )
@@ -695,7 +736,7 @@ impl History {
             Some(Attribute::EventId(id)) => {
                 let mut st = conn
                     .prepare_cached(
-                        "SELECT rid, record FROM events WHERE event_id=?1 AND insight=?2 \
+                        "SELECT rid FROM events WHERE event_id=?1 AND insight=?2 \
                          AND event_time BETWEEN ?3 AND ?4 AND (event_time, rid) < (?5, ?6)",
                     )
                     .map_err(fail)?;
@@ -716,8 +757,7 @@ impl History {
                 if let Some(vid) = vid {
                     let mut st = conn
                         .prepare_cached(
-                            "SELECT e.rid, e.record FROM attrs a JOIN events e ON e.rid = a.rid \
-                             WHERE a.vid=?1 AND a.insight=?2 AND a.event_time BETWEEN ?3 AND ?4 \
+                            "SELECT a.rid FROM attrs a WHERE a.vid=?1 AND a.insight=?2 AND a.event_time BETWEEN ?3 AND ?4 \
                              AND (a.event_time, a.rid) < (?5, ?6) \
                              ORDER BY a.event_time DESC, a.rid DESC LIMIT ?7",
                         )
@@ -733,12 +773,20 @@ impl History {
         }
         let more = rows.len() > q.limit;
         rows.truncate(q.limit);
+        let chunks = Chunks::load(&conn, p, rows.iter().copied())?;
         let mut found = Vec::with_capacity(rows.len());
-        for (rid, record) in rows {
-            let fields = extract(&record).map_err(|m| {
+        for rid in rows {
+            let record = chunks.record(rid).ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "event history {}: the record of row {rid} is missing (run `trailseal \
+                     history rebuild`)",
+                    p.display()
+                ))
+            })?;
+            let fields = extract(record).map_err(|m| {
                 CoreError::Invalid(format!("event history {}: row {rid}: {m}", p.display()))
             })?;
-            let record = String::from_utf8(record).map_err(|_| {
+            let record = String::from_utf8(record.to_vec()).map_err(|_| {
                 CoreError::Invalid(format!(
                     "event history {}: row {rid} is not UTF-8",
                     p.display()
@@ -966,23 +1014,84 @@ fn list_sources(dir: &Path) -> Result<std::collections::BTreeMap<u64, Source>> {
     Ok(out)
 }
 
-/// Insert canonical events and their attribute rows; returns how many were new (an eventID
-/// already there is skipped). The attribute rows of the whole call are inserted sorted by key:
-/// neighbouring inserts then touch the same B-tree pages.
+/// Decompressed record chunks, by chunk id.
+struct Chunks(HashMap<i64, Vec<u8>>);
+
+impl Chunks {
+    /// Read and decompress the chunks holding the events `rids`.
+    fn load(conn: &Connection, path: &Path, rids: impl Iterator<Item = i64>) -> Result<Chunks> {
+        let fail = |e| db_err(path, "read records", e);
+        let mut out = HashMap::new();
+        let mut st = conn
+            .prepare_cached("SELECT data FROM chunks WHERE cid=?1")
+            .map_err(fail)?;
+        for rid in rids {
+            let cid = rid >> CHUNK_BITS;
+            if out.contains_key(&cid) {
+                continue;
+            }
+            let data: Option<Vec<u8>> =
+                st.query_row([cid], |r| r.get(0)).optional().map_err(fail)?;
+            if let Some(data) = data {
+                let raw = zstd::bulk::decompress(&data, 1 << 30).map_err(|e| {
+                    CoreError::Invalid(format!(
+                        "event history {}: record chunk {cid} does not decompress: {e} (stop the \
+                         daemon and run `trailseal history rebuild`)",
+                        path.display()
+                    ))
+                })?;
+                out.insert(cid, raw);
+            }
+        }
+        Ok(Chunks(out))
+    }
+
+    /// The canonical record of event `rid`, if its chunk was loaded.
+    fn record(&self, rid: i64) -> Option<&[u8]> {
+        let chunk = self.0.get(&(rid >> CHUNK_BITS))?;
+        let pos = (rid & (CHUNK_EVENTS - 1)) as usize;
+        chunk.split(|b| *b == b'\n').nth(pos)
+    }
+}
+
+/// Insert canonical events, their record chunks and their attribute rows; returns how many were
+/// new (an eventID already there is skipped). The attribute rows of the whole call are inserted
+/// sorted by key: neighbouring inserts then touch the same B-tree pages.
 fn insert_events(
     conn: &Connection,
     path: &Path,
     records: &[&[u8]],
     vals: &mut ValueIds,
+    next_cid: &mut i64,
 ) -> Result<u64> {
     let fail = |e| db_err(path, "insert", e);
     let mut ins = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO events(event_id, event_time, insight, record) \
+            "INSERT OR IGNORE INTO events(rid, event_id, event_time, insight) \
              VALUES(?1, ?2, ?3, ?4)",
         )
         .map_err(fail)?;
+    let mut put_chunk = conn
+        .prepare_cached("INSERT INTO chunks(cid, data) VALUES(?1, ?2)")
+        .map_err(fail)?;
+    let mut flush = |cid: &mut i64, chunk: &mut Vec<u8>| -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let data = zstd::bulk::compress(chunk, CHUNK_LEVEL).map_err(|e| {
+            CoreError::Invalid(format!(
+                "event history {}: cannot compress records: {e}",
+                path.display()
+            ))
+        })?;
+        put_chunk.execute(params![*cid, data]).map_err(fail)?;
+        chunk.clear();
+        *cid += 1;
+        Ok(())
+    };
     let mut fields = Vec::with_capacity(records.len());
+    let mut chunk: Vec<u8> = Vec::new();
+    let mut pos = 0i64;
     for record in records {
         let f = extract(record).map_err(|m| {
             CoreError::Invalid(format!(
@@ -990,14 +1099,25 @@ fn insert_events(
                 path.display()
             ))
         })?;
+        let rid = (*next_cid << CHUNK_BITS) | pos;
         if ins
-            .execute(params![f.event_id, f.event_time_ms, f.insight, record])
+            .execute(params![rid, f.event_id, f.event_time_ms, f.insight])
             .map_err(fail)?
             == 1
         {
-            fields.push((conn.last_insert_rowid(), f));
+            if pos > 0 {
+                chunk.push(b'\n');
+            }
+            chunk.extend_from_slice(record);
+            fields.push((rid, f));
+            pos += 1;
+            if pos == CHUNK_EVENTS {
+                flush(next_cid, &mut chunk)?;
+                pos = 0;
+            }
         }
     }
+    flush(next_cid, &mut chunk)?;
     let mut rows: Vec<(i64, bool, i64, i64)> = Vec::with_capacity(fields.len() * 10);
     for (rid, f) in &fields {
         for (k, v) in f.attrs() {
@@ -1072,7 +1192,7 @@ impl Writer {
             .conn
             .transaction()
             .map_err(|e| db_err(path, "begin", e))?;
-        let inserted = insert_events(&tx, path, events, &mut self.vals)?;
+        let inserted = insert_events(&tx, path, events, &mut self.vals, &mut self.next_cid)?;
         tx.execute(
             "INSERT OR REPLACE INTO progress(trail, seq, offset, events, done) \
              VALUES(?1, ?2, ?3, ?4, ?5)",
@@ -1565,7 +1685,7 @@ mod tests {
         // every lookup is an index range scan (no table scan, no sort)
         let conn = h.reader().expect("reader");
         for sql in [
-            "SELECT e.rid FROM attrs a JOIN events e ON e.rid = a.rid WHERE a.vid=1 \
+            "SELECT a.rid FROM attrs a WHERE a.vid=1 \
              AND a.insight=0 AND a.event_time BETWEEN 0 AND 9 AND (a.event_time, a.rid) < (5, 5) \
              ORDER BY a.event_time DESC, a.rid DESC LIMIT 51",
             "SELECT rid FROM events WHERE insight=0 AND event_time BETWEEN 0 AND 9 \
@@ -1618,6 +1738,18 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("count");
+        assert_eq!(orphans, 0);
+        let (chunks, orphans): (i64, i64) = h
+            .reader()
+            .expect("reader")
+            .query_row(
+                "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS \
+                 (SELECT 1 FROM events WHERE rid >> ?1 = c.cid)) FROM chunks c",
+                [CHUNK_BITS],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("count");
+        assert!(chunks > 0);
         assert_eq!(orphans, 0);
     }
 
