@@ -160,3 +160,29 @@ def test_history_rebuild_from_the_destination(daemon: Callable[..., DaemonProces
     client = cloudtrail_client(d3.config_path, endpoint_url=f"http://127.0.0.1:{port}")
     assert listed(client) == {f"crash-{i:07d}" for i in range(3000)}
     assert d3.stop() == 0, d3.stderr()
+
+
+def test_a_damaged_history_does_not_stop_the_daemon(
+    daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    """The history is a side path: a database it cannot open is an ERROR, not a failed start;
+    events are still stored and delivered, and LookupEvents says why it cannot answer."""
+    import pytest
+    from botocore.exceptions import ClientError
+
+    data_dir = tmp_path / "data"
+    (data_dir / "history").mkdir(parents=True)
+    (data_dir / "history" / "events.db").write_bytes(b"this is not a SQLite database" * 100)
+    port = free_tcp_port()
+    d = start(daemon, port, data_dir=data_dir)
+    assert "event history unavailable" in d.stderr()
+    with d.connect_unix() as sock:
+        sock.sendall(b"".join(event(i) for i in range(10)))
+        sock.shutdown(1)
+        assert list(read_replies(sock))[-1] == {"ack": 10}
+    client = cloudtrail_client(d.config_path, endpoint_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(ClientError) as info:
+        client.lookup_events()
+    assert info.value.response["Error"]["Code"] == "OperationNotPermittedException"
+    assert d.stop() == 0, d.stderr()
+    assert list(d.bucket.rglob("*.json.zst"))

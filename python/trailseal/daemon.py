@@ -316,9 +316,17 @@ async def _serve(
 
             history: EventHistory | None = None
             if config.history.enabled:  # side path: tails the spool; gates spool removals
-                history = await EventHistory.open(data_dir, config.history)
-                uploader.set_history(history)
-                await start_side(history.run)
+                try:
+                    history = await EventHistory.open(data_dir, config.history)
+                except _core.CoreError as exc:  # a side path: ingest and delivery go on
+                    log.error(
+                        "event history unavailable, running without it (LookupEvents refuses "
+                        "until it is fixed): %s",
+                        exc,
+                    )
+                if history is not None:
+                    uploader.set_history(history)
+                    await start_side(history.run)
 
             api = api_server.ApiServer(max_body_bytes=config.api.max_body_bytes)
             api_state: ApiState | None = None
