@@ -26,7 +26,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from conftest import ACCOUNT, REGION, DaemonProcess, exchange, free_tcp_port
+from conftest import ACCOUNT, REGION, DaemonProcess, exchange, free_tcp_port, wait_until
 from reference import decompress
 
 ADMIN = ("AKIATRAILADMIN000001", "trail-admin-secret-0001")
@@ -180,12 +180,16 @@ def test_a_trail_made_through_the_api_lives_stops_persists_and_goes(
     first = [event("RunInstances", False), event("DescribeInstances", True)]
     send(d, first)
 
-    # StopLogging: what it holds is delivered with a final digest; new events pass it by
+    # StopLogging: what it holds is delivered with a final digest (in the background, as
+    # CloudTrail's StopLogging answers at once); new events pass it by
     ct.stop_logging(Name="audit")
     status = ct.get_trail_status(Name="audit")
     assert status["IsLogging"] is False and "StopLoggingTime" in status
+    wait_until(
+        lambda: bool(list(bucket.rglob("*CloudTrail-Digest*.json.gz"))),
+        what="the stopped trail's final digest",
+    )
     assert [r["eventID"] for r in records(bucket)] == [first[0]["eventID"]]
-    assert list(bucket.rglob("*CloudTrail-Digest*.json.gz"))
     while_stopped = [event("TerminateInstances", False)]
     send(d, while_stopped)
 
@@ -213,10 +217,15 @@ def test_a_trail_made_through_the_api_lives_stops_persists_and_goes(
     send(d, second)
 
     # DeleteTrail delivers what is left, writes the final digest, and removes it everywhere
+    digests = len(list(bucket.rglob("*CloudTrail-Digest*.json.gz")))
     ct.delete_trail(Name="audit")
     assert error_code(lambda: ct.get_trail(Name="audit")) == "TrailNotFoundException"
     assert {t["Name"] for t in ct.describe_trails()["trailList"]} == {"default"}
-    assert not (d.data_dir / "spool" / "audit").exists()
+    wait_until(
+        lambda: not (d.data_dir / "spool" / "audit").exists(),
+        what="the deleted trail's spool to go",
+    )
+    assert len(list(bucket.rglob("*CloudTrail-Digest*.json.gz"))) > digests
     ids = [r["eventID"] for r in records(bucket)]
     assert sorted(ids) == sorted([first[0]["eventID"], second[0]["eventID"]])
     assert while_stopped[0]["eventID"] not in ids

@@ -25,11 +25,12 @@ stops each trail's uploader and digest writer.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -192,6 +193,9 @@ class TrailStages(Protocol):
         """Seal what the trail holds, let its uploader deliver it all, write its final digest
         and stop its stages (returns when done)."""
 
+    def spawn(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run()`` in the background (until the daemon's shutdown is done with it)."""
+
 
 class TrailRegistry:
     """The current trails, and every change made to them through the API."""
@@ -334,8 +338,13 @@ class TrailRegistry:
                 await self.stages.start(self.trails[name])
                 log.info("trail %s: logging started", name)
             else:
-                await self.stages.drain(name)
-                log.info("trail %s: logging stopped; its final digest is delivered", name)
+                log.info("trail %s: logging stopped; delivering what it holds", name)
+                self.stages.spawn(functools.partial(self._drained, name))
+
+    async def _drained(self, name: str) -> None:
+        assert self.stages is not None
+        await self.stages.drain(name)
+        log.info("trail %s: its final digest is delivered", name)
 
     async def delete(self, name: str) -> None:
         async with self._lock:
@@ -343,14 +352,13 @@ class TrailRegistry:
             api.deleting = True
             await self._run(lambda: self.core.set_logging(name, False))
             await self._run(self._save)
-            was_logging = api.logging
-        if was_logging:
-            assert self.stages is not None
-            await self.stages.drain(name)
-        await self.finish_delete(name)
+        assert self.stages is not None
+        log.info("trail %s: deleting; delivering what it holds first", name)
+        self.stages.spawn(functools.partial(self.resume_delete, name))
 
     async def resume_delete(self, name: str) -> None:
-        """At start: finish a deletion a restart cut short (deliver, final digest, remove)."""
+        """Carry out a deletion (also at start, for one a restart cut short): deliver what the
+        trail holds, write its final digest, remove it."""
         assert self.stages is not None
         await self.stages.drain(name)
         await self.finish_delete(name)

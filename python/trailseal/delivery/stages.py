@@ -65,6 +65,8 @@ class TrailStages:
         self.sealer: SealsTrails | None = None
         """Set by the daemon once the pipeline's sealer exists."""
         self._running: dict[str, _Running] = {}
+        self._draining: dict[str, trio.Event] = {}
+        """trail name → set when its drain is over (a start waits for it)."""
         self._finals: list[DigestWriter] = []
         self._digests: trio.Nursery | None = None
         self._delivery: trio.Nursery | None = None
@@ -81,6 +83,9 @@ class TrailStages:
         TrailsealError when it cannot be opened)."""
         assert self._digests is not None and self._delivery is not None
         name = trail.name
+        draining = self._draining.get(name)
+        if draining is not None:
+            await draining.wait()
         if name in self._running:
             return
         destination = self.destinations.get(name)
@@ -121,14 +126,29 @@ class TrailStages:
         running = self._running.get(name)
         if running is None:
             return
-        if self.sealer is not None:
-            await self.sealer.seal_trail(name)
-        self.uploads.pop(name, None)
-        await running.upload.aclose()
-        await running.uploaded.wait()
-        running.writer_scope.cancel()
-        await running.writer.write_final()
-        del self._running[name]
+        draining = self._draining.get(name)
+        if draining is not None:  # another drain of it is under way
+            await draining.wait()
+            return
+        self._draining[name] = done = trio.Event()
+        try:
+            if self.sealer is not None:
+                await self.sealer.seal_trail(name)
+            self.uploads.pop(name, None)
+            await running.upload.aclose()
+            await running.uploaded.wait()
+            running.writer_scope.cancel()
+            await running.writer.write_final()
+            del self._running[name]
+        finally:
+            del self._draining[name]
+            done.set()
+
+    def spawn(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run()`` in the background, beside the uploaders (a drain that must not hold up
+        the API request that asked for it); shutdown waits for it like for an uploader."""
+        assert self._delivery is not None
+        self._delivery.start_soon(run)
 
     async def close_uploads(self) -> None:
         """Shutdown: every uploader delivers what it has and ends."""
