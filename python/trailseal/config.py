@@ -361,7 +361,7 @@ def load(path: Path | None) -> Config:
 
 def _load_history(s: _Section) -> HistoryConfig:
     enabled = s.boolean("enabled", True)
-    days = s.integer("days", 90, minimum=0)
+    days = s.integer("history_days", 90, minimum=0)
     s.check_unknown()
     return HistoryConfig(enabled=enabled, days=days)
 
