@@ -7,21 +7,25 @@
 //! Database layout (one file, WAL journal, `synchronous=NORMAL`: a process crash loses nothing
 //! committed, a power loss at most the last transactions, which the spool re-indexes):
 //! ```text
-//! events(rid INTEGER PRIMARY KEY, event_id TEXT UNIQUE, event_time INTEGER  -- epoch ms
+//! events(rid INTEGER PRIMARY KEY, id_hash INTEGER, event_id TEXT, event_time INTEGER -- epoch ms
 //!        insight INTEGER)
+//!   index events_by_id(id_hash)          -- [`hash64`] of the eventID, unique with event_id
 //!   index events_by_time(insight, event_time)                  -- no lookup attribute; retention
 //!   rid = cid << CHUNK_BITS | position: the record is in chunk cid at that position
 //! chunks(cid INTEGER PRIMARY KEY, data BLOB)
 //!   the canonical records of up to 2^CHUNK_BITS consecutively inserted events, joined by '\n'
 //!   (a canonical record holds no raw newline), zstd-compressed as one frame; removed with its
 //!   last event
-//! vals(id INTEGER PRIMARY KEY, key INTEGER, value TEXT, UNIQUE(key, value))
+//! vals(id INTEGER PRIMARY KEY, h INTEGER, key INTEGER, value TEXT)
+//!   index vals_by_hash(h)                                   -- [`hash64`] of (key, value)
 //!   each distinct (lookup attribute, value) once; removed with its last event
 //! attrs(vid INTEGER, insight INTEGER, event_time INTEGER, rid INTEGER,
 //!       PRIMARY KEY(vid, insight, event_time, rid)) WITHOUT ROWID
 //!   one row per lookup attribute of an event (EventName, ReadOnly, Username, EventSource,
 //!   AccessKeyId; ResourceType and ResourceName once per distinct resource entry); integers
 //!   only, so an insert compares no strings (the writer caches value ids)
+//!   The eventID and value indexes hold 8-byte hashes, not the strings: their inserts land on
+//!   random pages, and small entries keep those pages few (in the page cache, fewer WAL pages).
 //! progress(trail TEXT, seq INTEGER, offset INTEGER, events INTEGER, done INTEGER,
 //!          PRIMARY KEY(trail, seq))
 //!   per spool file: the byte offset of the next whole zstd frame not yet indexed, the events
@@ -52,7 +56,7 @@ use crate::segment::{self, FOOTER, HEADER, SEPARATOR};
 use crate::verify::{self, Compression};
 
 /// Bumped when the schema changes (an older file is refused: rebuild it).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Events per record chunk: 2^CHUNK_BITS (a lookup decompresses one chunk per event it returns
 /// from a chunk not yet read).
@@ -320,7 +324,24 @@ struct Progress {
 #[derive(Default)]
 struct ValueIds(ahash::AHashMap<(i64, String), i64>);
 
-const VALUE_CACHE: usize = 200_000;
+const VALUE_CACHE: usize = 20_000;
+
+/// A stable 64-bit hash (the first 8 bytes of SHA-256): what the eventID and value indexes hold.
+fn hash64(parts: &[&[u8]]) -> i64 {
+    use sha2::Digest;
+    let mut d = sha2::Sha256::new();
+    for p in parts {
+        d.update(p);
+    }
+    let out = d.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&out[..8]);
+    i64::from_le_bytes(b)
+}
+
+fn value_hash(key: i64, value: &str) -> i64 {
+    hash64(&[&[key as u8], value.as_bytes()])
+}
 
 impl ValueIds {
     /// The id of (key, value), created when `create` (else None when it is not there).
@@ -337,19 +358,20 @@ impl ValueIds {
             return Ok(Some(*id));
         }
         let fail = |e| db_err(path, "attribute values", e);
+        let h = value_hash(key, value);
         let found: Option<i64> = conn
-            .prepare_cached("SELECT id FROM vals WHERE key=?1 AND value=?2")
+            .prepare_cached("SELECT id FROM vals WHERE h=?1 AND key=?2 AND value=?3")
             .map_err(fail)?
-            .query_row(params![key, value], |r| r.get(0))
+            .query_row(params![h, key, value], |r| r.get(0))
             .optional()
             .map_err(fail)?;
         let id = match (found, create) {
             (Some(id), _) => id,
             (None, false) => return Ok(None),
             (None, true) => {
-                conn.prepare_cached("INSERT INTO vals(key, value) VALUES(?1, ?2)")
+                conn.prepare_cached("INSERT INTO vals(h, key, value) VALUES(?1, ?2, ?3)")
                     .map_err(fail)?
-                    .execute(params![key, value])
+                    .execute(params![h, key, value])
                     .map_err(fail)?;
                 conn.last_insert_rowid()
             }
@@ -406,13 +428,16 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events(
   rid INTEGER PRIMARY KEY,
-  event_id TEXT NOT NULL UNIQUE,
+  id_hash INTEGER NOT NULL,
+  event_id TEXT NOT NULL,
   event_time INTEGER NOT NULL,
   insight INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks(cid INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_time ON events(insight, event_time);
+CREATE INDEX IF NOT EXISTS events_by_id ON events(id_hash);
 CREATE TABLE IF NOT EXISTS vals(
-  id INTEGER PRIMARY KEY, key INTEGER NOT NULL, value TEXT NOT NULL, UNIQUE(key, value));
+  id INTEGER PRIMARY KEY, h INTEGER NOT NULL, key INTEGER NOT NULL, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS vals_by_hash ON vals(h);
 CREATE TABLE IF NOT EXISTS attrs(
   vid INTEGER NOT NULL, insight INTEGER NOT NULL, event_time INTEGER NOT NULL,
   rid INTEGER NOT NULL, PRIMARY KEY(vid, insight, event_time, rid)) WITHOUT ROWID;
@@ -736,12 +761,15 @@ impl History {
             Some(Attribute::EventId(id)) => {
                 let mut st = conn
                     .prepare_cached(
-                        "SELECT rid FROM events WHERE event_id=?1 AND insight=?2 \
+                        "SELECT rid FROM events INDEXED BY events_by_id WHERE id_hash=?7 AND event_id=?1 AND insight=?2 \
                          AND event_time BETWEEN ?3 AND ?4 AND (event_time, rid) < (?5, ?6)",
                     )
                     .map_err(fail)?;
                 for r in st
-                    .query_map(params![id, insight, start, end, at, ar], map)
+                    .query_map(
+                        params![id, insight, start, end, at, ar, hash64(&[id.as_bytes()])],
+                        map,
+                    )
                     .map_err(fail)?
                 {
                     rows.push(r.map_err(fail)?);
@@ -749,9 +777,12 @@ impl History {
             }
             Some(Attribute::Other(key, value)) => {
                 let vid: Option<i64> = conn
-                    .prepare_cached("SELECT id FROM vals WHERE key=?1 AND value=?2")
+                    .prepare_cached("SELECT id FROM vals WHERE h=?1 AND key=?2 AND value=?3")
                     .map_err(fail)?
-                    .query_row(params![*key as i64, value], |r| r.get(0))
+                    .query_row(
+                        params![value_hash(*key as i64, value), *key as i64, value],
+                        |r| r.get(0),
+                    )
                     .optional()
                     .map_err(fail)?;
                 if let Some(vid) = vid {
@@ -1067,18 +1098,29 @@ fn insert_events(
     let fail = |e| db_err(path, "insert", e);
     let mut ins = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO events(rid, event_id, event_time, insight) \
-             VALUES(?1, ?2, ?3, ?4)",
+            "INSERT INTO events(rid, id_hash, event_id, event_time, insight) \
+             VALUES(?1, ?2, ?3, ?4, ?5)",
         )
+        .map_err(fail)?;
+    let mut seen = conn
+        .prepare_cached("SELECT 1 FROM events WHERE id_hash=?1 AND event_id=?2")
         .map_err(fail)?;
     let mut put_chunk = conn
         .prepare_cached("INSERT INTO chunks(cid, data) VALUES(?1, ?2)")
         .map_err(fail)?;
+    let zerr = |e: std::io::Error| {
+        CoreError::Invalid(format!(
+            "event history {}: cannot compress records: {e}",
+            path.display()
+        ))
+    };
+    // one compression context for the call (making one per chunk costs as much as compressing)
+    let mut zc = zstd::bulk::Compressor::new(CHUNK_LEVEL).map_err(zerr)?;
     let mut flush = |cid: &mut i64, chunk: &mut Vec<u8>| -> Result<()> {
         if chunk.is_empty() {
             return Ok(());
         }
-        let data = zstd::bulk::compress(chunk, CHUNK_LEVEL).map_err(|e| {
+        let data = zc.compress(chunk).map_err(|e| {
             CoreError::Invalid(format!(
                 "event history {}: cannot compress records: {e}",
                 path.display()
@@ -1100,11 +1142,10 @@ fn insert_events(
             ))
         })?;
         let rid = (*next_cid << CHUNK_BITS) | pos;
-        if ins
-            .execute(params![rid, f.event_id, f.event_time_ms, f.insight])
-            .map_err(fail)?
-            == 1
-        {
+        let h = hash64(&[f.event_id.as_bytes()]);
+        if !seen.exists(params![h, f.event_id]).map_err(fail)? {
+            ins.execute(params![rid, h, f.event_id, f.event_time_ms, f.insight])
+                .map_err(fail)?;
             if pos > 0 {
                 chunk.push(b'\n');
             }
