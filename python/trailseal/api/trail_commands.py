@@ -142,5 +142,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if result is not None:
         result.pop("ResponseMetadata", None)
-        print(json.dumps(result, indent=2, default=str))
+        if result:  # like the AWS CLI, nothing for an empty answer (delete, start, stop)
+            print(json.dumps(result, indent=2, default=str))
     return 0
