@@ -67,6 +67,9 @@ const CHUNK_LEVEL: i32 = 1;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
+/// Bytes of a spool file read per indexing step (more when one frame is larger).
+const READ_BYTES: u64 = 2 << 20;
+
 /// The lookup attributes kept in `attrs` (EventId is the `events` table's own unique key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttrKey {
@@ -466,11 +469,12 @@ impl History {
         }
         let conn = open_conn(path)?;
         // Checkpoint every ~40 MiB of WAL rather than 4 MiB: attribute pages written again and
-        // again between checkpoints are copied into the database once. A 64 MiB page cache
-        // keeps the eventID and value indexes (random keys) in memory up to millions of events.
+        // again between checkpoints are copied into the database once. A 32 MiB page cache
+        // keeps the eventID and value indexes (8-byte hashes, random) in memory up to millions
+        // of events.
         conn.execute_batch(
             "PRAGMA wal_autocheckpoint=10000; PRAGMA journal_size_limit=67108864; \
-             PRAGMA cache_size=-65536;",
+             PRAGMA cache_size=-32768;",
         )
         .map_err(|e| db_err(path, "set pragmas", e))?;
         conn.execute_batch(SCHEMA)
@@ -1332,10 +1336,25 @@ impl Writer {
         if prog.offset > len {
             prog = Progress::default(); // the file was truncated (torn tail after a power loss)
         }
-        let mut bytes = Vec::new();
-        f.seek(SeekFrom::Start(prog.offset))
-            .and_then(|_| f.read_to_end(&mut bytes))
-            .map_err(|e| CoreError::io("read", file, e))?;
+        // Read a bounded piece (a lagging history would otherwise hold a whole file in memory),
+        // grown until it holds a whole frame.
+        let avail = len - prog.offset;
+        let mut cap = READ_BYTES.min(avail);
+        let bytes = loop {
+            let mut bytes = Vec::new();
+            f.seek(SeekFrom::Start(prog.offset))
+                .and_then(|_| (&mut f).take(cap).read_to_end(&mut bytes))
+                .map_err(|e| CoreError::io("read", file, e))?;
+            let whole = matches!(
+                zstd::zstd_safe::find_frame_compressed_size(&bytes),
+                Ok(n) if n > 0 && n <= bytes.len()
+            );
+            if whole || cap >= avail || bytes.len() < cap as usize {
+                break bytes;
+            }
+            cap = cap.saturating_mul(2).min(avail);
+        };
+        let truncated = (bytes.len() as u64) < avail;
         let mut decoded: Vec<Vec<u8>> = Vec::new();
         let mut pos = 0usize;
         let mut frames_events = 0u64;
@@ -1388,7 +1407,7 @@ impl Writer {
         if let Source::Sealed { event_count, .. } = source {
             prog.done = prog.events >= *event_count;
         }
-        report.more = pos < bytes.len() && frames_events >= budget;
+        report.more = (pos < bytes.len() && frames_events >= budget) || (truncated && pos > 0);
         if prog.offset != start_offset || prog.done {
             report.events = events.len() as u64;
             report.inserted = self.save(path, trail, seq, prog, &events)?;
