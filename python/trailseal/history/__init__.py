@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECS = 0.25
 """How often the spool is looked at for new frames."""
-BATCH_EVENTS = 10_000
+BATCH_EVENTS = 4_000
 """Events indexed per call (one transaction per file touched); the loop goes on while more."""
 RETENTION_EVERY_SECS = 60.0
 RETENTION_STEP_ROWS = 2_000
