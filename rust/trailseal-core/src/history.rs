@@ -1814,6 +1814,24 @@ mod tests {
     }
 
     #[test]
+    fn an_older_schema_is_refused() {
+        let dir = temp("history-schema");
+        let path = dir.0.join("history.db");
+        drop(History::open(&path).expect("open"));
+        let conn = Connection::open(&path).expect("sqlite");
+        conn.execute(
+            "UPDATE meta SET value=?1 WHERE key='schema'",
+            [SCHEMA_VERSION - 1],
+        )
+        .expect("downgrade");
+        drop(conn);
+        let Err(e) = History::open(&path) else {
+            panic!("an older schema was opened");
+        };
+        assert!(e.to_string().contains("trailseal history rebuild"), "{e}");
+    }
+
+    #[test]
     fn indexer_thread_keeps_up_and_stops() {
         let dir = temp("history-indexer");
         let mut cfg = SpoolConfig::new(dir.0.join("spool"), vec![], "111122223333", "us-east-1");
