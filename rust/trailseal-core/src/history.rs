@@ -421,7 +421,7 @@ fn open_conn(path: &Path) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| db_err(path, "set busy timeout", e))?;
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-32768;",
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-8192;",
     )
     .map_err(|e| db_err(path, "set pragmas", e))?;
     Ok(conn)
@@ -469,12 +469,12 @@ impl History {
         }
         let conn = open_conn(path)?;
         // Checkpoint every ~40 MiB of WAL rather than 4 MiB: attribute pages written again and
-        // again between checkpoints are copied into the database once. A 32 MiB page cache
-        // keeps the eventID and value indexes (8-byte hashes, random) in memory up to millions
-        // of events.
+        // again between checkpoints are copied into the database once. A 24 MiB page cache
+        // keeps the eventID and value indexes (8-byte hashes, random) in memory up to about a
+        // million events, and the daemon's peak RSS under 300 MB (readers get 8 MiB).
         conn.execute_batch(
             "PRAGMA wal_autocheckpoint=10000; PRAGMA journal_size_limit=67108864; \
-             PRAGMA cache_size=-32768;",
+             PRAGMA cache_size=-24576;",
         )
         .map_err(|e| db_err(path, "set pragmas", e))?;
         conn.execute_batch(SCHEMA)
