@@ -7,8 +7,8 @@ every :data:`POLL_SECS` (or sooner when poked) it indexes whatever whole zstd fr
 files are new. The thread never touches Python (no GIL) and runs at SCHED_IDLE priority, so it
 takes only CPU that ingest leaves idle: under a saturating load it lags, and catches up when the
 load eases; after a crash it catches up from the spool at start. Every
-:data:`RETENTION_EVERY_SECS` it deletes events whose eventTime is older than ``[history] days``
-in small transactions.
+:data:`RETENTION_EVERY_SECS` it deletes events whose eventTime is older than
+``[history] history_days`` in small transactions.
 
 What is in it: every event some trail took (an event routed to several trails once); events no
 trail selects are written nowhere, so they are not in the history either. LookupEvents' default
@@ -91,7 +91,8 @@ class EventHistory:
                 return inserted
 
     async def expire_now(self, now_ms: int | None = None) -> int:
-        """Delete events older than ``[history] days`` (nothing when 0); returns how many."""
+        """Delete events older than ``[history] history_days`` (nothing when 0); returns how
+        many."""
         if self.config.days <= 0:
             return 0
         cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - (
