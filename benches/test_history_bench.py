@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from trailseal import _core, synthetic
+from trailseal.api.lookup import ATTRIBUTE_KEYS
 
 EVENTS = int(os.environ.get("HISTORY_BENCH_EVENTS", "1000000"))
 BATCH = 10_000
@@ -96,17 +97,7 @@ def values_for(key: str, ev: dict[str, Any]) -> list[str]:
     raise AssertionError(key)
 
 
-KEYS = [
-    None,
-    "EventId",
-    "EventName",
-    "ReadOnly",
-    "Username",
-    "ResourceType",
-    "ResourceName",
-    "EventSource",
-    "AccessKeyId",
-]
+KEYS = [None, *ATTRIBUTE_KEYS]
 
 
 def test_lookup_latency(

@@ -25,18 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trailseal.api.lookup import ATTRIBUTE_KEYS
 from trailseal.errors import TrailsealError
-
-ATTRIBUTE_KEYS = (
-    "EventId",
-    "EventName",
-    "ReadOnly",
-    "Username",
-    "ResourceType",
-    "ResourceName",
-    "EventSource",
-    "AccessKeyId",
-)
 
 
 def add_parsers(sub: Any) -> None:
