@@ -157,6 +157,35 @@ class DaemonProcess:
         self._stderr_file.close()
 
 
+def stock_aws(home: Path, env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """A runner of the stock AWS CLI (``awscli`` of the dev extra, in this venv) that sees only
+    ``env`` (credentials, endpoints, region) and no AWS config of the host: ``run(*args)``.
+    The CLI is in the dev extra: a missing one fails the test."""
+    script = Path(sys.executable).parent / "aws"
+    if not script.exists():
+        pytest.fail(f"the AWS CLI is not installed in the venv ({script}): pip install -e '.[dev]'")
+    full = {
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "HOME": str(home),
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **env,
+    }
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
+
+
 def wait_until(
     predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition"
 ) -> None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import stat
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +26,7 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from conftest import DaemonProcess, free_tcp_port
+from conftest import DaemonProcess, free_tcp_port, stock_aws
 from trailseal.api import operations, sigv4
 from trailseal.api.cloudtrail import TARGET_PREFIX
 
@@ -290,39 +288,25 @@ def test_read_key_cannot_write(daemon: Callable[..., DaemonProcess]) -> None:
     assert reader.describe_trails()["trailList"] == trails
 
 
-def test_stock_aws_cli(daemon: Callable[..., DaemonProcess]) -> None:
-    aws = Path(sys.executable).parent / "aws"
-    if not aws.exists():
-        pytest.skip(f"the AWS CLI is not installed in the venv ({aws}); pip install awscli")
+def test_stock_aws_cli(daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     d, url = api_daemon(daemon, access_keys=KEYS)
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": "eu-central-1",
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-    out = subprocess.run(
-        [str(aws), "cloudtrail", "list-public-keys", "--endpoint-url", url, "--output", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def aws(secret: str) -> subprocess.CompletedProcess[str]:
+        run = stock_aws(
+            tmp_path,
+            {
+                "AWS_ACCESS_KEY_ID": KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": secret,
+                "AWS_DEFAULT_REGION": "eu-central-1",
+            },
+        )
+        return run("cloudtrail", "list-public-keys", "--endpoint-url", url, "--output", "json")
+
+    out = aws(SECRET)
     assert out.returncode == 0, out.stderr
     keys = json.loads(out.stdout)["PublicKeyList"]
     assert [k["Fingerprint"] for k in keys] == fingerprints(d)
-    env["AWS_SECRET_ACCESS_KEY"] = "wrong"
-    out = subprocess.run(
-        [str(aws), "cloudtrail", "list-public-keys", "--endpoint-url", url],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = aws("wrong")
     assert out.returncode != 0 and "InvalidSignatureException" in out.stderr
 
 

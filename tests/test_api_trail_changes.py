@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -26,7 +25,15 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from conftest import ACCOUNT, REGION, DaemonProcess, exchange, free_tcp_port, wait_until
+from conftest import (
+    ACCOUNT,
+    REGION,
+    DaemonProcess,
+    exchange,
+    free_tcp_port,
+    stock_aws,
+    wait_until,
+)
 from reference import decompress
 
 ADMIN = ("AKIATRAILADMIN000001", "trail-admin-secret-0001")
@@ -240,30 +247,19 @@ def test_a_trail_made_through_the_api_lives_stops_persists_and_goes(
 def test_the_stock_aws_cli_manages_trails(
     daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
-    aws = shutil.which("aws", path=os.path.dirname(sys.executable))
-    if aws is None:
-        pytest.skip("the AWS CLI (awscli, dev extra) is not installed in this environment")
     _, url = start(daemon)
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path),
-        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
-        "AWS_ACCESS_KEY_ID": ADMIN[0],
-        "AWS_SECRET_ACCESS_KEY": ADMIN[1],
-        "AWS_ENDPOINT_URL_CLOUDTRAIL": url,
-        "AWS_DEFAULT_REGION": REGION,
-    }
+    aws = stock_aws(
+        tmp_path,
+        {
+            "AWS_ACCESS_KEY_ID": ADMIN[0],
+            "AWS_SECRET_ACCESS_KEY": ADMIN[1],
+            "AWS_ENDPOINT_URL_CLOUDTRAIL": url,
+            "AWS_DEFAULT_REGION": REGION,
+        },
+    )
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [aws, "cloudtrail", *args, "--output", "json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=env,
-        )
+        return aws("cloudtrail", *args, "--output", "json")
 
     made = run("create-trail", "--name", "cli-trail", "--s3-bucket-name", "cli-bucket")
     assert made.returncode == 0, made.stderr

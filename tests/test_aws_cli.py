@@ -20,14 +20,21 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import ACCOUNT, REGION, DaemonProcess, exchange, free_tcp_port, wait_until
+from conftest import (
+    ACCOUNT,
+    REGION,
+    DaemonProcess,
+    exchange,
+    free_tcp_port,
+    stock_aws,
+    wait_until,
+)
 from s3server import ACCESS_KEY, SECRET_KEY
 
 TRAIL = "default"
@@ -45,27 +52,17 @@ def aws(
     args: list[str], *, api: str, s3_endpoint: str, home: Path, region: str = REGION
 ) -> subprocess.CompletedProcess[str]:
     """Run the stock ``aws`` with only the environment this test gives it."""
-    script = Path(sys.executable).parent / "aws"
-    env = {
-        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-        "HOME": str(home),
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_ENDPOINT_URL_CLOUDTRAIL": api,
-        "AWS_ENDPOINT_URL_S3": s3_endpoint,
-        "AWS_CONFIG_FILE": str(home / "no-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_MAX_ATTEMPTS": "2",
-    }
-    return subprocess.run(
-        [sys.executable, str(script), *args, "--region", region],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECS,
-        check=False,
+    run = stock_aws(
+        home,
+        {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL_CLOUDTRAIL": api,
+            "AWS_ENDPOINT_URL_S3": s3_endpoint,
+            "AWS_MAX_ATTEMPTS": "2",
+        },
     )
+    return run(*args, "--region", region, timeout=CLI_TIMEOUT_SECS)
 
 
 def keys(client: Any, bucket: str, marker: str) -> list[str]:

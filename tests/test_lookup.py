@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import DaemonProcess, exchange, free_tcp_port, wait_until
+from conftest import DaemonProcess, exchange, free_tcp_port, stock_aws, wait_until
 from trailseal import synthetic
-from trailseal.api.connect import cloudtrail_client
+from trailseal.api.connect import cloudtrail_client, resolve
 
 READ_PREFIXES = ("Get", "List", "Describe", "Head", "Lookup", "Search", "Scan", "Query", "BatchGet")
 # Management and Insight events (the default selectors take management events only).
@@ -381,38 +381,23 @@ def test_the_stock_aws_cli_looks_up_events(
 ) -> None:
     """``aws cloudtrail lookup-events``: its own pagination over NextToken gives every match in
     order, its options reach the daemon, and a refused request shows CloudTrail's exception."""
-    import shutil
-
-    aws = shutil.which("aws", path=os.path.dirname(sys.executable))
-    if aws is None:
-        pytest.skip("the AWS CLI (awscli, dev extra) is not installed in this environment")
     d, client = api_daemon
     sent = synthetic_events(120)
     send(d, sent)
     wait_indexed(client, sent[-1]["eventID"])
-    from trailseal.api.connect import resolve
-
     endpoint = resolve(d.config_path, endpoint_url=client.meta.endpoint_url)
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path),
-        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
-        "AWS_ACCESS_KEY_ID": endpoint.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": endpoint.secret_access_key,
-        "AWS_ENDPOINT_URL_CLOUDTRAIL": endpoint.url,
-        "AWS_DEFAULT_REGION": endpoint.region,
-    }
+    aws = stock_aws(
+        tmp_path,
+        {
+            "AWS_ACCESS_KEY_ID": endpoint.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": endpoint.secret_access_key,
+            "AWS_ENDPOINT_URL_CLOUDTRAIL": endpoint.url,
+            "AWS_DEFAULT_REGION": endpoint.region,
+        },
+    )
 
     def lookup(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [aws, "cloudtrail", "lookup-events", "--output", "json", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env=env,
-        )
+        return aws("cloudtrail", "lookup-events", "--output", "json", *args)
 
     value = "s3.amazonaws.com"
     # --page-size 7 makes the CLI follow NextToken many times

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import trio
 
 from trailseal import _core, metrics
+from trailseal.api.operations import ServiceError
 from trailseal.config import Config, TrailConfig
 from trailseal.durable import replace_atomically
 from trailseal.errors import TrailsealError
@@ -53,13 +54,9 @@ DELETE_WAIT_SECS = 120.0
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
-class TrailChangeError(TrailsealError):
-    """A trail change CloudTrail would refuse: ``code`` is CloudTrail's exception name."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class TrailChangeError(ServiceError):
+    """A trail change CloudTrail would refuse: ``code`` is CloudTrail's exception name (the API
+    answers it as it is)."""
 
 
 @dataclass

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote
 
+from trailseal.api.operations import ServiceError
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "cloudtrail"
 MAX_SKEW_SECS = 15 * 60
@@ -42,14 +44,11 @@ _AUTH_RE = re.compile(
 )
 
 
-class SignatureError(Exception):
-    """The request is refused: ``code`` is AWS's exception name, ``status`` the HTTP status."""
+class SignatureError(ServiceError):
+    """The request is refused before any operation runs: AWS's exception name, HTTP 403."""
 
     def __init__(self, code: str, message: str, status: int = 403) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
+        super().__init__(code, message, status=status)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from trailseal.api.operations import CallContext, ServiceError, operation
 from trailseal.api.trails import check_trail_name, find_trail, trail_arn, trail_to_dict
 from trailseal.registry import (
     ApiTrail,
-    TrailChangeError,
     TrailRegistry,
     bucket_name_problem,
     prefix_problem,
@@ -38,13 +37,6 @@ def _registry(ctx: CallContext) -> TrailRegistry:
     if registry is None:
         raise ServiceError("OperationNotPermittedException", "trail changes are not available")
     return registry
-
-
-async def _do(coro: Any) -> Any:
-    try:
-        return await coro
-    except TrailChangeError as exc:
-        raise ServiceError(exc.code, exc.message) from None
 
 
 def _string(params: dict[str, Any], key: str, *, required: bool = False) -> str | None:
@@ -140,7 +132,7 @@ async def create_trail(ctx: CallContext, params: dict[str, Any]) -> dict[str, An
         raise ServiceError("InvalidS3BucketNameException", "S3BucketName is empty")
     trail = _apply_common(params, ApiTrail(bucket=""))
     _check_destination(ctx, trail)
-    await _do(_registry(ctx).create(name, trail))
+    await _registry(ctx).create(name, trail)
     return _trail_response(ctx, name)
 
 
@@ -153,28 +145,28 @@ async def update_trail(ctx: CallContext, params: dict[str, Any]) -> dict[str, An
         _check_destination(ctx, trail)
         return trail
 
-    await _do(_registry(ctx).update(name, change))
+    await _registry(ctx).update(name, change)
     return _trail_response(ctx, name)
 
 
 @operation("DeleteTrail", write=True)
 async def delete_trail(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
     name = find_trail(ctx.state, params.get("Name")).name
-    await _do(_registry(ctx).delete(name))
+    await _registry(ctx).delete(name)
     return {}
 
 
 @operation("StartLogging", write=True)
 async def start_logging(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
     name = find_trail(ctx.state, params.get("Name")).name
-    await _do(_registry(ctx).set_logging(name, True))
+    await _registry(ctx).set_logging(name, True)
     return {}
 
 
 @operation("StopLogging", write=True)
 async def stop_logging(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
     name = find_trail(ctx.state, params.get("Name")).name
-    await _do(_registry(ctx).set_logging(name, False))
+    await _registry(ctx).set_logging(name, False)
     return {}
 
 
@@ -211,7 +203,7 @@ async def put_event_selectors(ctx: CallContext, params: dict[str, Any]) -> dict[
         trail.selectors_json = selectors_json
         return trail
 
-    await _do(_registry(ctx).update(name, change))
+    await _registry(ctx).update(name, change)
     return {"TrailARN": trail_arn(ctx.state.config, name), **_selectors_out(selectors_json)}
 
 
@@ -249,7 +241,7 @@ async def put_insight_selectors(ctx: CallContext, params: dict[str, Any]) -> dic
         trail.insight_selectors = seen
         return trail
 
-    await _do(_registry(ctx).update(name, change))
+    await _registry(ctx).update(name, change)
     return {"TrailARN": trail_arn(ctx.state.config, name), "InsightSelectors": seen}
 
 
