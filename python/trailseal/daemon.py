@@ -192,16 +192,7 @@ def _prepare(config: Config) -> _Prepared:
     try:
         core = _core.Core(
             str(data_dir / "spool"),
-            [
-                _core.TrailSpec(
-                    name,
-                    selectors_json=trail.selectors_json,
-                    multi_region=trail.multi_region,
-                    compression=trail.compression,
-                    gzip_level=trail.gzip_level,
-                )
-                for name, trail in config.trails.items()
-            ],
+            [registry_mod.spec_of(trail) for trail in config.trails.values()],
             account_id=config.daemon.account_id,
             region=config.daemon.region,
             max_event_bytes=config.ingest.max_event_bytes,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -50,8 +49,6 @@ MAX_TRAILS = 64
 """The Core routes with a 64-bit mask."""
 DELETE_WAIT_SECS = 120.0
 """How long DeleteTrail waits for the trail's delivered files to leave the spool."""
-
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class TrailChangeError(ServiceError):
@@ -91,16 +88,6 @@ class ApiTrail:
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> ApiTrail:
         return cls(**{k: value[k] for k in cls.__dataclass_fields__ if k in value})
-
-
-def bucket_name_problem(bucket: str) -> str | None:
-    """Why ``bucket`` is not an S3 bucket name, or None."""
-    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
-        return (
-            "a bucket name has 3-63 lower-case letters, digits, '.' and '-', and starts and ends "
-            "with a letter or digit"
-        )
-    return None
 
 
 def prefix_problem(prefix: str) -> str | None:

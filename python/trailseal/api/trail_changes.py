@@ -17,10 +17,10 @@ from typing import Any
 from trailseal import _core
 from trailseal.api.operations import CallContext, ServiceError, operation
 from trailseal.api.trails import check_trail_name, find_trail, trail_arn, trail_to_dict
+from trailseal.delivery.layout import bucket_name_problem
 from trailseal.registry import (
     ApiTrail,
     TrailRegistry,
-    bucket_name_problem,
     prefix_problem,
 )
 

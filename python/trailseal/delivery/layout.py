@@ -41,6 +41,19 @@ def _account_root(prefix: str, organization_id: str, account: str) -> str:
     return join_key(prefix, f"AWSLogs/{org}{account}")
 
 
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def bucket_name_problem(bucket: str) -> str | None:
+    """Why ``bucket`` is not an S3 bucket name, or None."""
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        return (
+            "a bucket name has 3-63 lower-case letters, digits, '.' and '-', and starts and ends "
+            "with a letter or digit"
+        )
+    return None
+
+
 def log_object_key(
     *,
     prefix: str,

@@ -31,7 +31,6 @@ import base64
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +41,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from trailseal.delivery import layout
 from trailseal.delivery.destination import NoSuchKeyError
 from trailseal.errors import ConfigError, DeliveryError, IntegrityError
 
@@ -55,7 +55,6 @@ DEFAULT_PART_SIZE_BYTES = 16 * 1024 * 1024
 MIN_PART_SIZE_BYTES = 5 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 _CREDENTIAL_CODES = {
@@ -96,10 +95,11 @@ def parse_s3_url(url: str, host_id: str) -> tuple[str, str]:
     ``{host_id}`` substituted). Raises ConfigError."""
     rest = url[len("s3://") :] if url.startswith("s3://") else ""
     bucket, _, prefix = rest.partition("/")
-    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+    problem = layout.bucket_name_problem(bucket)
+    if problem:
         raise ConfigError(
-            f"destination {url!r}: {bucket!r} is not an S3 bucket name (3-63 lower-case "
-            "letters, digits, '.' or '-'); write s3://bucket[/prefix]"
+            f"destination {url!r}: {bucket!r} is not an S3 bucket name ({problem}); write "
+            "s3://bucket[/prefix]"
         )
     prefix = prefix.replace("{host_id}", host_id).strip("/")
     if "//" in prefix or any(p in (".", "..") for p in prefix.split("/")):
