@@ -43,7 +43,7 @@ from trailseal.delivery import retention, uploader
 from trailseal.delivery.destination import Destination, open_destination
 from trailseal.delivery.notify import Notifier
 from trailseal.delivery.signer import Signer
-from trailseal.delivery.stages import TrailStages
+from trailseal.delivery.stages import TrailStages, cancellable
 from trailseal.errors import DeliveryError, TrailsealError
 from trailseal.history import EventHistory
 from trailseal.ingest.http import HttpIngest
@@ -303,7 +303,7 @@ async def _serve(
 
             async def start_side(run: Callable[..., Awaitable[None]]) -> None:
                 side.append(trio.CancelScope())
-                await root.start(_cancellable, side[-1], run)
+                await root.start(cancellable, side[-1], run)
 
             history: EventHistory | None = None
             if config.history.enabled:  # side path: tails the spool; gates spool removals
@@ -383,7 +383,7 @@ async def _serve(
                             )
                         )
                         timer = trio.CancelScope()
-                        await pipeline.start(_cancellable, timer, sealer.run)
+                        await pipeline.start(cancellable, timer, sealer.run)
 
                         ingest = Ingest(config.ingest, submit)
                         HttpIngest(ingest).install(api)
@@ -442,17 +442,6 @@ async def _serve(
                 data_dir / "spool",
             )
     return 0 if ok else 1
-
-
-async def _cancellable(
-    scope: trio.CancelScope,
-    run: Callable[..., Awaitable[None]],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a stage that runs until cancelled, inside ``scope`` so it can be stopped alone."""
-    with scope:
-        await run(task_status=task_status)
 
 
 async def _watch_signals(

@@ -104,7 +104,7 @@ class TrailStages:
             state_dir=self._state_dir(name),
         )
         scope = trio.CancelScope()
-        await self._digests.start(_cancellable, scope, writer.run)
+        await self._digests.start(cancellable, scope, writer.run)
         send, receive = trio.open_memory_channel[_core.SealedFile](UPLOAD_CHANNEL_SIZE)
         running = _Running(send, writer, scope)
         run = partial(
@@ -186,11 +186,12 @@ async def _then_set(
         done.set()
 
 
-async def _cancellable(
+async def cancellable(
     scope: trio.CancelScope,
     run: Stage,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run a stage that runs until cancelled, inside ``scope`` so it can be stopped alone."""
     with scope:
         await run(task_status=task_status)
