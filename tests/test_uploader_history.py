@@ -39,7 +39,9 @@ def _sealed_core(spool: Path, files: int) -> _core.Core:
     return core
 
 
-def _run_uploader(core: _core.Core, trail: TrailConfig, state_dir: Path) -> None:
+def _run_uploader(
+    core: _core.Core, trail: TrailConfig, state_dir: Path, history: LaggingHistory | None
+) -> None:
     destination = open_destination(trail.destination, host_id="h", trail=trail)
 
     async def main() -> None:
@@ -52,6 +54,7 @@ def _run_uploader(core: _core.Core, trail: TrailConfig, state_dir: Path) -> None
                 destination=destination,
                 state_dir=state_dir,
                 sealed=receive,
+                history=history,
             )
 
     trio.run(main)
@@ -65,45 +68,37 @@ def test_delivered_files_wait_for_the_history_and_are_not_delivered_twice(
     state_dir = tmp_path / "state"
     core = _sealed_core(tmp_path / "spool", 3)
     history = LaggingHistory()
-    uploader.set_history(history)
-    try:
-        _run_uploader(core, trail, state_dir)
-        # all three delivered without waiting; none removed yet
-        assert sorted(p.name for p in bucket.rglob("*.json.zst")) == [
-            "k0.json.zst",
-            "k1.json.zst",
-            "k2.json.zst",
-        ]
-        assert [seq for _, seq, _ in history.released] == [1, 2, 3]
-        assert len(core.sealed_files("t")) == 3
-        delivered = (state_dir / "delivered.jsonl").read_text().splitlines()
-        assert len(delivered) == 3
-        # the history indexed the first one: it leaves the spool
-        history.released[0][2]()
-        assert [f.seq for f in core.sealed_files("t")] == [2, 3]
+    _run_uploader(core, trail, state_dir, history)
+    # all three delivered without waiting; none removed yet
+    assert sorted(p.name for p in bucket.rglob("*.json.zst")) == [
+        "k0.json.zst",
+        "k1.json.zst",
+        "k2.json.zst",
+    ]
+    assert [seq for _, seq, _ in history.released] == [1, 2, 3]
+    assert len(core.sealed_files("t")) == 3
+    delivered = (state_dir / "delivered.jsonl").read_text().splitlines()
+    assert len(delivered) == 3
+    # the history indexed the first one: it leaves the spool
+    history.released[0][2]()
+    assert [f.seq for f in core.sealed_files("t")] == [2, 3]
 
-        # a restart: the two still waiting are handed to the history again, not re-delivered
-        (bucket / "AWSLogs" / "k1.json.zst").unlink()  # a second put would bring it back
-        history = LaggingHistory()
-        uploader.set_history(history)
-        _run_uploader(core, trail, state_dir)
-        assert [seq for _, seq, _ in history.released] == [2, 3]
-        assert not (bucket / "AWSLogs" / "k1.json.zst").exists()
-        assert (state_dir / "delivered.jsonl").read_text().splitlines() == delivered
-        for _, _, remove in history.released:
-            remove()
-        assert core.sealed_files("t") == []
+    # a restart: the two still waiting are handed to the history again, not re-delivered
+    (bucket / "AWSLogs" / "k1.json.zst").unlink()  # a second put would bring it back
+    history = LaggingHistory()
+    _run_uploader(core, trail, state_dir, history)
+    assert [seq for _, seq, _ in history.released] == [2, 3]
+    assert not (bucket / "AWSLogs" / "k1.json.zst").exists()
+    assert (state_dir / "delivered.jsonl").read_text().splitlines() == delivered
+    for _, _, remove in history.released:
+        remove()
+    assert core.sealed_files("t") == []
 
-        # without a history, files left waiting are removed at start, still not re-delivered
-        core2 = _sealed_core(tmp_path / "spool2", 1)
-        state2 = tmp_path / "state2"
-        history = LaggingHistory()
-        uploader.set_history(history)
-        _run_uploader(core2, trail, state2)
-        uploader.set_history(None)
-        (bucket / "AWSLogs" / "k0.json.zst").unlink()
-        _run_uploader(core2, trail, state2)
-        assert core2.sealed_files("t") == []
-        assert not (bucket / "AWSLogs" / "k0.json.zst").exists()
-    finally:
-        uploader.set_history(None)
+    # without a history, files left waiting are removed at start, still not re-delivered
+    core2 = _sealed_core(tmp_path / "spool2", 1)
+    state2 = tmp_path / "state2"
+    _run_uploader(core2, trail, state2, LaggingHistory())
+    (bucket / "AWSLogs" / "k0.json.zst").unlink()
+    _run_uploader(core2, trail, state2, None)
+    assert core2.sealed_files("t") == []
+    assert not (bucket / "AWSLogs" / "k0.json.zst").exists()

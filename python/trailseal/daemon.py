@@ -39,7 +39,7 @@ from trailseal.api import access_keys as api_keys
 from trailseal.api import server as api_server
 from trailseal.api.cloudtrail import ApiState, CloudTrailApi
 from trailseal.config import Config, TrailConfig
-from trailseal.delivery import retention, uploader
+from trailseal.delivery import retention
 from trailseal.delivery.destination import Destination, open_destination
 from trailseal.delivery.notify import Notifier
 from trailseal.delivery.signer import Signer
@@ -316,7 +316,6 @@ async def _serve(
                         exc,
                     )
                 if history is not None:
-                    uploader.set_history(history)
                     await start_side(history.run)
 
             api = api_server.ApiServer(max_body_bytes=config.api.max_body_bytes)
@@ -347,6 +346,7 @@ async def _serve(
                 signer=prepared.signer,
                 destinations=prepared.destinations,
                 notifiers=notifiers,
+                history=history,
             )
             trails.stages = stages
             async with trio.open_nursery() as digests:

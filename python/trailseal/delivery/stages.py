@@ -51,6 +51,7 @@ class TrailStages:
         signer: Signer,
         destinations: dict[str, Destination],
         notifiers: dict[str, Notifier],
+        history: uploader.HistoryGate | None = None,
     ) -> None:
         self.config = config
         self.core = core
@@ -62,6 +63,7 @@ class TrailStages:
         self.uploads: dict[str, trio.MemorySendChannel[_core.SealedFile]] = {}
         """trail name → its uploader's channel (the sealer sends into it)."""
         self.notifiers = notifiers
+        self.history = history
         self.sealer: SealsTrails | None = None
         """Set by the daemon once the pipeline's sealer exists."""
         self._running: dict[str, _Running] = {}
@@ -115,6 +117,7 @@ class TrailStages:
             state_dir=self._state_dir(name),
             sealed=receive,
             notifier=self.notifiers.get(name),
+            history=self.history,
         )
         await self._delivery.start(_then_set, running.uploaded, run)
         self._running[name] = running

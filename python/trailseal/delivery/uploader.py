@@ -44,23 +44,16 @@ BACKOFF_FIRST_SECS = 0.5
 BACKOFF_MAX_SECS = 60.0
 FAILURES_BEFORE_ERROR = 5
 
-_history: HistoryGate | None = None
-
 
 class HistoryGate(Protocol):
-    """The event history, as the uploader sees it (:class:`trailseal.history.EventHistory`)."""
+    """The event history, as the uploader sees it (:class:`trailseal.history.EventHistory`).
+
+    With one, a delivered file stays in the spool until the history has indexed it, and delivery
+    never waits for that: the file is handed to :meth:`release` and recorded in
+    ``awaiting-history.txt``, so that after a restart it is not delivered again."""
 
     def release(self, trail: str, seq: int, remove: Callable[[], None]) -> None:
         """A delivered file: call ``remove`` (blocking) once the history has indexed it."""
-
-
-def set_history(history: HistoryGate | None) -> None:
-    """Leave every delivered file in the spool until the event history has indexed it (the
-    daemon sets this when ``[history] enabled``). Delivery never waits for the history: the
-    file is handed to :meth:`HistoryGate.release` and recorded in ``awaiting-history.txt``, so
-    that after a restart it is not delivered again."""
-    global _history
-    _history = history
 
 
 _locks: dict[Path, threading.Lock] = {}
@@ -233,9 +226,11 @@ async def deliver_one(
     state: DeliveryState,
     sealed: _core.SealedFile,
     notifier: Notifier | None = None,
+    history: HistoryGate | None = None,
 ) -> None:
-    """Deliver one sealed file, record it, and remove it from the spool (then count it and
-    queue its notification, which never blocks)."""
+    """Deliver one sealed file, record it, and remove it from the spool, or hand it to the
+    ``history`` to remove once indexed (then count it and queue its notification, which never
+    blocks)."""
     key = sealed.object_key
     trail = sealed.trail
     await retry_forever(
@@ -251,12 +246,12 @@ async def deliver_one(
         f"recording delivered file {key} in {state.delivered_path}",
         lambda: state.append_delivered(entry),
     )
-    if _history is not None:  # it leaves the spool once the history has read it
+    if history is not None:  # it leaves the spool once the history has read it
         await retry_forever(
             f"recording delivered file seq {sealed.seq} in {state.awaiting_path}",
             lambda: state.mark_awaiting(sealed.seq),
         )
-        _history.release(sealed.trail, sealed.seq, _remover(core, sealed.trail, sealed.seq))
+        history.release(sealed.trail, sealed.seq, _remover(core, sealed.trail, sealed.seq))
     else:
         await retry_forever(
             f"removing delivered file seq {sealed.seq} of trail {sealed.trail} from the spool",
@@ -277,10 +272,12 @@ async def run(
     state_dir: Path,
     sealed: trio.MemoryReceiveChannel[_core.SealedFile],
     notifier: Notifier | None = None,
+    history: HistoryGate | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Deliver the spool's leftovers, then every sealed file received, until ``sealed`` closes.
-    ``notifier``: the trail's delivery notifications (``notify_url``), if any."""
+    ``notifier``: the trail's delivery notifications (``notify_url``), if any; ``history``: the
+    event history, which removes delivered files from the spool once indexed."""
     state = DeliveryState(state_dir)
     await trio.to_thread.run_sync(state.ensure_dir)
     leftovers = await trio.to_thread.run_sync(core.sealed_files, trail.name)
@@ -292,23 +289,23 @@ async def run(
     for item in sorted(leftovers, key=lambda s: s.seq):
         if item.seq in awaiting:  # delivered before a restart, not yet indexed by the history
             remove = _remover(core, item.trail, item.seq)
-            if _history is not None:
-                _history.release(item.trail, item.seq, remove)
+            if history is not None:
+                history.release(item.trail, item.seq, remove)
             else:
                 await retry_forever(f"removing delivered file seq {item.seq}", remove)
         else:
-            await deliver_one(core, destination, state, item, notifier)
+            await deliver_one(core, destination, state, item, notifier, history)
         done.add(item.seq)
     async with sealed:
         async for item in sealed:
             if item.seq in done:
                 continue  # already delivered as a leftover
-            await deliver_one(core, destination, state, item, notifier)
+            await deliver_one(core, destination, state, item, notifier, history)
             done.add(item.seq)
     # A seal whose announcement was lost (the sealer was cancelled at shutdown between sealing
     # and sending) is still in the spool: deliver it now rather than at the next start.
     leftovers = await trio.to_thread.run_sync(core.sealed_files, trail.name)
     for item in sorted(leftovers, key=lambda s: s.seq):
         if item.seq not in done:
-            await deliver_one(core, destination, state, item, notifier)
+            await deliver_one(core, destination, state, item, notifier, history)
             done.add(item.seq)
