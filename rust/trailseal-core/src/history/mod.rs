@@ -7,42 +7,38 @@
 //! Database layout (one file, WAL journal, `synchronous=NORMAL`: a process crash loses nothing
 //! committed, a power loss at most the last transactions, which the spool re-indexes):
 //! ```text
-//! events(rid INTEGER PRIMARY KEY, id_hash INTEGER, event_id TEXT, event_time INTEGER -- epoch ms
-//!        insight INTEGER)
-//!   index events_by_id(id_hash)          -- [`hash64`] of the eventID, unique with event_id
-//!   index events_by_time(insight, event_time)                  -- no lookup attribute; retention
-//!   rid = cid << CHUNK_BITS | position: the record is in chunk cid at that position
 //! chunks(cid INTEGER PRIMARY KEY, data BLOB)
-//!   the canonical records of up to 2^CHUNK_BITS consecutively inserted events, joined by '\n'
-//!   (a canonical record holds no raw newline), zstd-compressed as one frame; removed with its
-//!   last event
-//! vals(id INTEGER PRIMARY KEY, h INTEGER, key INTEGER, value TEXT)
-//!   index vals_by_hash(h)                                   -- [`hash64`] of (key, value)
-//!   each distinct (lookup attribute, value) once; removed with its last event
-//! attrs(vid INTEGER, insight INTEGER, event_time INTEGER, rid INTEGER,
-//!       PRIMARY KEY(vid, insight, event_time, rid)) WITHOUT ROWID
-//!   one row per lookup attribute of an event (EventName, ReadOnly, Username, EventSource,
-//!   AccessKeyId; ResourceType and ResourceName once per distinct resource entry); integers
-//!   only, so an insert compares no strings (the writer caches value ids)
-//!   The eventID and value indexes hold 8-byte hashes, not the strings: their inserts land on
-//!   random pages, and small entries keep those pages few (in the page cache, fewer WAL pages).
+//!   one zstd frame of canonical records in log-file framing (an optional log header, events
+//!   separated by `,\n`, an optional footer: [`frame_events`] reads it). A spool frame of at
+//!   most [`VERBATIM_MAX`] bytes is stored as it is (indexing never compresses it again);
+//!   other events (gzip files, rebuilds, larger frames) go into new frames of
+//!   [`LOOSE_EVENTS`]. An event's rid = cid << CHUNK_BITS | its position in the chunk.
+//! blocks, posts
+//!   the lookup index: per indexing step one block of sorted postings (hash of the value,
+//!   event_time, rid) per lookup key, merged into larger blocks in the background
+//!   ([`postings`] describes them); a block owns its chunks and goes with them.
 //! progress(trail TEXT, seq INTEGER, offset INTEGER, events INTEGER, done INTEGER,
 //!          PRIMARY KEY(trail, seq))
 //!   per spool file: the byte offset of the next whole zstd frame not yet indexed, the events
 //!   taken so far, and whether the sealed file is wholly indexed; written in the transaction
 //!   that inserts the rows it covers.
+//! meta(key, value): 'schema' (the version), 'horizon' (expired before this epoch ms)
 //! ```
-//! Every lookup (one attribute or none, a time range, newest first, a limit, a keyset cursor
-//! `(event_time, rid)`) is one backward range scan of an index; a row's `rid` orders events of the
+//! A lookup (one attribute or none, a time range, newest first, a limit, a keyset cursor
+//! `(event_time, rid)`) reads one bucket of postings per block whose time range can hold a
+//! result, newest block first, and stops once no older block can; a `rid` orders events of the
 //! same millisecond, so a cursor is stable under concurrent inserts (no duplicates, no gaps).
+//! Retention moves a horizon (lookups never return an older event) and removes whole blocks
+//! once they hold nothing newer.
 //!
 //! What is indexed: whole zstd frames of open segments (as soon as they are written, before the
 //! group commit's fsync: after a power loss the history may hold events that were never
 //! acknowledged, which their agents then resend under the same eventID), sealed zstd files from
 //! the offset reached in their segment, and sealed gzip files from the count of events taken. An
-//! event routed to several trails is indexed once (its eventID is unique). A stored offset that no
-//! longer starts a frame (the spool truncated a torn tail after a power loss) restarts that file
-//! from its beginning; rows already present are kept.
+//! event routed to several trails is indexed once (the writer remembers the last [`RECENT_IDS`]
+//! eventIDs; a copy indexed later still is never returned twice in one page). A stored offset
+//! that no longer starts a frame (the spool truncated a torn tail after a power loss) restarts
+//! that file from its beginning; events already present are kept.
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -55,13 +51,18 @@ use crate::error::{CoreError, Result};
 use crate::segment::{self, FOOTER, HEADER, SEPARATOR};
 use crate::verify::{self, Compression};
 
-/// Bumped when the schema changes (an older file is refused: rebuild it).
-const SCHEMA_VERSION: i64 = 4;
+mod postings;
 
-/// Events per record chunk: 2^CHUNK_BITS (a lookup decompresses one chunk per event it returns
-/// from a chunk not yet read).
-const CHUNK_BITS: u32 = 6;
-const CHUNK_EVENTS: i64 = 1 << CHUNK_BITS;
+/// Bumped when the schema changes (an older file is refused: rebuild it).
+const SCHEMA_VERSION: i64 = 5;
+
+/// rid bits of an event's position in its chunk.
+const CHUNK_BITS: u32 = 20;
+/// The largest spool frame (decompressed bytes) kept as a chunk as it is: a lookup decompresses
+/// one chunk per chunk it returns events from (~1 ms for 2 MiB).
+const VERBATIM_MAX: usize = 2 << 20;
+/// Events per chunk made by the history itself.
+const LOOSE_EVENTS: usize = 64;
 /// zstd level of record chunks (fast: the indexer must keep up with ingest).
 const CHUNK_LEVEL: i32 = 1;
 
@@ -70,7 +71,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Bytes of a spool file read per indexing step (more when one frame is larger).
 const READ_BYTES: u64 = 2 << 20;
 
-/// The lookup attributes kept in `attrs` (EventId is the `events` table's own unique key).
+/// The lookup attributes with postings of their own (besides EventId and every event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttrKey {
     EventName = 1,
@@ -126,7 +127,7 @@ pub struct EventFields {
 }
 
 impl EventFields {
-    /// The `attrs` rows of this event: (key, value), distinct.
+    /// The lookup values of this event: (key, value), distinct.
     fn attrs(&self) -> Vec<(AttrKey, &str)> {
         let mut out: Vec<(AttrKey, &str)> = vec![
             (AttrKey::EventName, self.event_name.as_str()),
@@ -150,9 +151,14 @@ impl EventFields {
                 out.push((AttrKey::ResourceName, a));
             }
         }
-        let mut seen = HashSet::new();
-        out.retain(|x| seen.insert(*x));
-        out
+        // a handful of entries: a linear scan beats hashing them
+        let mut distinct: Vec<(AttrKey, &str)> = Vec::with_capacity(out.len());
+        for x in out {
+            if !distinct.contains(&x) {
+                distinct.push(x);
+            }
+        }
+        distinct
     }
 }
 
@@ -323,75 +329,41 @@ struct Progress {
     done: bool,
 }
 
-/// Value ids of the writer, per attribute key (cleared when it grows past [`VALUE_CACHE`]).
+/// The eventID hashes indexed most recently (an event routed to several trails is indexed once):
+/// at most [`RECENT_IDS`], oldest forgotten first.
 #[derive(Default)]
-struct ValueIds(ahash::AHashMap<(i64, String), i64>);
-
-const VALUE_CACHE: usize = 20_000;
-
-/// A stable 64-bit hash (the first 8 bytes of SHA-256): what the eventID and value indexes hold.
-fn hash64(parts: &[&[u8]]) -> i64 {
-    use sha2::Digest;
-    let mut d = sha2::Sha256::new();
-    for p in parts {
-        d.update(p);
-    }
-    let out = d.finalize();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&out[..8]);
-    i64::from_le_bytes(b)
+struct RecentIds {
+    set: ahash::AHashSet<u64>,
+    order: std::collections::VecDeque<u64>,
 }
 
-fn value_hash(key: i64, value: &str) -> i64 {
-    hash64(&[&[key as u8], value.as_bytes()])
-}
+/// How many recent eventIDs the writer remembers (~26 MB). The same event reaches every trail's
+/// spool in the same batch, so its copies are indexed well within this window.
+const RECENT_IDS: usize = 1 << 20;
 
-impl ValueIds {
-    /// The id of (key, value), created when `create` (else None when it is not there).
-    fn get(
-        &mut self,
-        conn: &Connection,
-        path: &Path,
-        key: i64,
-        value: &str,
-        create: bool,
-    ) -> Result<Option<i64>> {
-        let k = (key, value.to_owned());
-        if let Some(id) = self.0.get(&k) {
-            return Ok(Some(*id));
+impl RecentIds {
+    /// Remember `h`; false when it was there already.
+    fn insert(&mut self, h: u64) -> bool {
+        if !self.set.insert(h) {
+            return false;
         }
-        let fail = |e| db_err(path, "attribute values", e);
-        let h = value_hash(key, value);
-        let found: Option<i64> = conn
-            .prepare_cached("SELECT id FROM vals WHERE h=?1 AND key=?2 AND value=?3")
-            .map_err(fail)?
-            .query_row(params![h, key, value], |r| r.get(0))
-            .optional()
-            .map_err(fail)?;
-        let id = match (found, create) {
-            (Some(id), _) => id,
-            (None, false) => return Ok(None),
-            (None, true) => {
-                conn.prepare_cached("INSERT INTO vals(h, key, value) VALUES(?1, ?2, ?3)")
-                    .map_err(fail)?
-                    .execute(params![h, key, value])
-                    .map_err(fail)?;
-                conn.last_insert_rowid()
+        self.order.push_back(h);
+        if self.order.len() > RECENT_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
             }
-        };
-        if self.0.len() >= VALUE_CACHE {
-            self.0.clear();
         }
-        self.0.insert(k, id);
-        Ok(Some(id))
+        true
     }
 }
 
 struct Writer {
     conn: Connection,
-    vals: ValueIds,
     /// The next chunk id.
     next_cid: i64,
+    /// The blocks, in bid order (as in the database).
+    blocks: Vec<postings::Block>,
+    recent: RecentIds,
     /// The `progress` table, cached.
     progress: HashMap<(String, u64), Progress>,
     /// Shared with [`History::covered`].
@@ -406,6 +378,9 @@ pub struct History {
     reader: Mutex<Connection>,
     /// (trail, seq) of the sealed files wholly indexed (read without waiting for the writer).
     covered: std::sync::Arc<Mutex<HashSet<(String, u64)>>>,
+    /// Events older than this (epoch ms) are expired: lookups never return them, even while
+    /// their block (which also holds newer events) is still there.
+    horizon: std::sync::atomic::AtomicI64,
 }
 
 fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> CoreError {
@@ -429,21 +404,7 @@ fn open_conn(path: &Path) -> Result<Connection> {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS events(
-  rid INTEGER PRIMARY KEY,
-  id_hash INTEGER NOT NULL,
-  event_id TEXT NOT NULL,
-  event_time INTEGER NOT NULL,
-  insight INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks(cid INTEGER PRIMARY KEY, data BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS events_by_time ON events(insight, event_time);
-CREATE INDEX IF NOT EXISTS events_by_id ON events(id_hash);
-CREATE TABLE IF NOT EXISTS vals(
-  id INTEGER PRIMARY KEY, h INTEGER NOT NULL, key INTEGER NOT NULL, value TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS vals_by_hash ON vals(h);
-CREATE TABLE IF NOT EXISTS attrs(
-  vid INTEGER NOT NULL, insight INTEGER NOT NULL, event_time INTEGER NOT NULL,
-  rid INTEGER NOT NULL, PRIMARY KEY(vid, insight, event_time, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress(
   trail TEXT NOT NULL, seq INTEGER NOT NULL, offset INTEGER NOT NULL, events INTEGER NOT NULL,
   done INTEGER NOT NULL, PRIMARY KEY(trail, seq));
@@ -468,16 +429,16 @@ impl History {
             std::fs::create_dir_all(dir).map_err(|e| CoreError::io("create directory", dir, e))?;
         }
         let conn = open_conn(path)?;
-        // Checkpoint every ~40 MiB of WAL rather than 4 MiB: attribute pages written again and
-        // again between checkpoints are copied into the database once. A 24 MiB page cache
-        // keeps the eventID and value indexes (8-byte hashes, random) in memory up to about a
-        // million events, and the daemon's peak RSS under 300 MB (readers get 8 MiB).
+        // Writes are appends (chunks, a block's postings) and merges that read and rewrite a
+        // few blocks: a small page cache does (the readers get 8 MiB). WAL checkpoints every
+        // ~16 MiB.
         conn.execute_batch(
-            "PRAGMA wal_autocheckpoint=10000; PRAGMA journal_size_limit=67108864; \
-             PRAGMA cache_size=-24576;",
+            "PRAGMA wal_autocheckpoint=4000; PRAGMA journal_size_limit=67108864; \
+             PRAGMA cache_size=-8192;",
         )
         .map_err(|e| db_err(path, "set pragmas", e))?;
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(postings::SCHEMA))
             .map_err(|e| db_err(path, "create schema", e))?;
         let version: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
@@ -525,13 +486,25 @@ impl History {
             }
         }
         let next_cid: i64 = conn
-            .query_row(
-                "SELECT max(coalesce((SELECT max(cid) FROM chunks), 0), \
-                 coalesce((SELECT max(rid) FROM events), 0) >> ?1) + 1",
-                [CHUNK_BITS],
-                |r| r.get(0),
-            )
+            .query_row("SELECT coalesce(max(cid), 0) + 1 FROM chunks", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| db_err(path, "read the last chunk id", e))?;
+        let blocks = postings::load_blocks(&conn, path)?;
+        let mut recent = RecentIds::default();
+        for h in postings::recent_ids(&conn, path, &blocks, RECENT_IDS)?
+            .into_iter()
+            .rev()
+        {
+            recent.insert(h);
+        }
+        let horizon: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key='horizon'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| db_err(path, "read the retention horizon", e))?
+            .unwrap_or(i64::MIN);
         let reader = open_conn(path)?;
         reader
             .execute_batch("PRAGMA query_only=1;")
@@ -547,13 +520,15 @@ impl History {
             path: path.to_path_buf(),
             writer: Mutex::new(Writer {
                 conn,
-                vals: ValueIds::default(),
                 next_cid,
+                blocks,
+                recent,
                 progress,
                 covered: covered.clone(),
             }),
             reader: Mutex::new(reader),
             covered,
+            horizon: std::sync::atomic::AtomicI64::new(horizon),
         })
     }
 
@@ -627,110 +602,56 @@ impl History {
         let content = verify::decompress(data, compression).map_err(CoreError::Invalid)?;
         let split = segment::split_events(&content).map_err(CoreError::Invalid)?;
         let mut w = self.writer()?;
-        let Writer {
-            conn,
-            vals,
-            next_cid,
-            ..
-        } = &mut *w;
-        let tx = conn
-            .transaction()
-            .map_err(|e| db_err(&self.path, "begin", e))?;
-        let inserted = insert_events(&tx, &self.path, &split.events, vals, next_cid)?;
-        tx.commit().map_err(|e| db_err(&self.path, "commit", e))?;
+        let inserted = w.commit_events(&self.path, &[Piece::Loose(split.events.clone())], None)?;
         Ok((split.events.len() as u64, inserted))
     }
 
-    /// Delete up to `max_rows` events older than `cutoff_ms` (oldest first); returns how many.
+    /// Expire events older than `cutoff_ms`: lookups stop returning them at once, and blocks
+    /// holding nothing newer are removed, oldest first, until at least `max_rows` events went.
+    /// Returns how many events were removed.
     pub fn expire(&self, cutoff_ms: i64, max_rows: u64) -> Result<u64> {
+        use std::sync::atomic::Ordering;
         let p = &self.path;
         let mut w = self.writer()?;
-        let Writer { conn, vals, .. } = &mut *w;
-        let tx = conn.transaction().map_err(|e| db_err(p, "begin", e))?;
-        let mut old = Vec::new();
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "SELECT rid, event_time, insight FROM events \
-                     WHERE insight IN (0, 1) AND event_time < ?1 ORDER BY event_time LIMIT ?2",
-                )
-                .map_err(|e| db_err(p, "find expired events", e))?;
-            let rows = st
-                .query_map(params![cutoff_ms, max_rows as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .map_err(|e| db_err(p, "find expired events", e))?;
-            for row in rows {
-                old.push(row.map_err(|e| db_err(p, "find expired events", e))?);
+        let horizon = self.horizon.load(Ordering::SeqCst).max(cutoff_ms);
+        let mut old: Vec<postings::Block> = w
+            .blocks
+            .iter()
+            .filter(|b| b.max_time < horizon)
+            .copied()
+            .collect();
+        old.sort_unstable_by_key(|b| b.max_time);
+        let tx = w.conn.transaction().map_err(|e| db_err(p, "begin", e))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES('horizon', ?1)",
+            [horizon],
+        )
+        .map_err(|e| db_err(p, "save the retention horizon", e))?;
+        let mut removed = 0u64;
+        let mut gone = HashSet::new();
+        for b in &old {
+            if removed >= max_rows {
+                break;
             }
-        }
-        let chunks = Chunks::load(&tx, p, old.iter().map(|o| o.0))?;
-        {
-            let mut del_attr = tx
-                .prepare_cached(
-                    "DELETE FROM attrs WHERE vid=?1 AND insight=?2 AND event_time=?3 AND rid=?4",
-                )
-                .map_err(|e| db_err(p, "expire", e))?;
-            let mut touched = HashSet::new();
-            let mut del_event = tx
-                .prepare_cached("DELETE FROM events WHERE rid=?1")
-                .map_err(|e| db_err(p, "expire", e))?;
-            for (rid, time, insight) in &old {
-                if let Some(Ok(f)) = chunks.record(*rid).map(extract) {
-                    for (k, v) in f.attrs() {
-                        if let Some(vid) = vals.get(&tx, p, k as i64, v, false)? {
-                            del_attr
-                                .execute(params![vid, insight, time, rid])
-                                .map_err(|e| db_err(p, "expire", e))?;
-                            touched.insert(vid);
-                        }
-                    }
-                }
-                del_event
-                    .execute([rid])
-                    .map_err(|e| db_err(p, "expire", e))?;
-            }
-            // values no event has any more (e.g. an S3 object's ARN) go too
-            let mut unused = tx
-                .prepare_cached(
-                    "DELETE FROM vals WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM attrs WHERE vid=?1)",
-                )
-                .map_err(|e| db_err(p, "expire", e))?;
-            let mut gone = false;
-            for vid in touched {
-                gone |= unused.execute([vid]).map_err(|e| db_err(p, "expire", e))? > 0;
-            }
-            if gone {
-                vals.0.clear();
-            }
-            // chunks whose every event went
-            let mut unused = tx
-                .prepare_cached(
-                    "DELETE FROM chunks WHERE cid=?1 AND NOT EXISTS \
-                     (SELECT 1 FROM events WHERE rid BETWEEN ?2 AND ?3)",
-                )
-                .map_err(|e| db_err(p, "expire", e))?;
-            for cid in chunks.0.keys() {
-                let first = cid << CHUNK_BITS;
-                unused
-                    .execute(params![cid, first, first + CHUNK_EVENTS - 1])
-                    .map_err(|e| db_err(p, "expire", e))?;
-            }
+            postings::delete_block(&tx, p, b)?;
+            removed += b.events as u64;
+            gone.insert(b.bid);
         }
         tx.commit().map_err(|e| db_err(p, "commit", e))?;
-        Ok(old.len() as u64)
+        self.horizon.store(horizon, Ordering::SeqCst);
+        w.blocks.retain(|b| !gone.contains(&b.bid));
+        Ok(removed)
     }
 
-    /// Number of events in the history.
+    /// Number of events in the history (not expired).
     pub fn count(&self) -> Result<u64> {
-        let r = self.reader()?;
-        r.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
-            .map_err(|e| db_err(&self.path, "count", e))
+        let conn = self.reader()?;
+        let tx = conn
+            .unchecked_transaction()
+            .map_err(|e| db_err(&self.path, "begin", e))?;
+        let blocks = postings::load_blocks(&tx, &self.path)?;
+        let horizon = self.horizon.load(std::sync::atomic::Ordering::SeqCst);
+        postings::count_since(&tx, &self.path, &blocks, horizon)
     }
 
     /// Run a lookup: up to `limit` events newest first, and the cursor of the next page when more
@@ -738,80 +659,37 @@ impl History {
     pub fn lookup(&self, q: &Query) -> Result<Page> {
         let p = &self.path;
         let conn = self.reader()?;
-        let start = q.start_ms.unwrap_or(i64::MIN);
+        // one snapshot: a merge or an expiry committed meanwhile must not change the blocks
+        let tx = conn
+            .unchecked_transaction()
+            .map_err(|e| db_err(p, "begin", e))?;
+        let horizon = self.horizon.load(std::sync::atomic::Ordering::SeqCst);
+        let start = q.start_ms.unwrap_or(i64::MIN).max(horizon);
         let end = q.end_ms.unwrap_or(i64::MAX);
-        let (at, ar) = q.after.unwrap_or((i64::MAX, i64::MAX));
-        let insight = i64::from(q.insight);
-        let want = q.limit as i64 + 1;
-        let mut rows: Vec<i64> = Vec::new();
-        let map = |r: &rusqlite::Row<'_>| r.get::<_, i64>(0);
-        let fail = |e| db_err(p, "lookup", e);
-        match &q.attribute {
-            None => {
-                let mut st = conn
-                    .prepare_cached(
-                        "SELECT rid FROM events WHERE insight=?1 \
-                         AND event_time BETWEEN ?2 AND ?3 AND (event_time, rid) < (?4, ?5) \
-                         ORDER BY event_time DESC, rid DESC LIMIT ?6",
-                    )
-                    .map_err(fail)?;
-                for r in st
-                    .query_map(params![insight, start, end, at, ar, want], map)
-                    .map_err(fail)?
-                {
-                    rows.push(r.map_err(fail)?);
-                }
-            }
-            Some(Attribute::EventId(id)) => {
-                let mut st = conn
-                    .prepare_cached(
-                        "SELECT rid FROM events INDEXED BY events_by_id WHERE id_hash=?7 AND event_id=?1 AND insight=?2 \
-                         AND event_time BETWEEN ?3 AND ?4 AND (event_time, rid) < (?5, ?6)",
-                    )
-                    .map_err(fail)?;
-                for r in st
-                    .query_map(
-                        params![id, insight, start, end, at, ar, hash64(&[id.as_bytes()])],
-                        map,
-                    )
-                    .map_err(fail)?
-                {
-                    rows.push(r.map_err(fail)?);
-                }
-            }
-            Some(Attribute::Other(key, value)) => {
-                let vid: Option<i64> = conn
-                    .prepare_cached("SELECT id FROM vals WHERE h=?1 AND key=?2 AND value=?3")
-                    .map_err(fail)?
-                    .query_row(
-                        params![value_hash(*key as i64, value), *key as i64, value],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(fail)?;
-                if let Some(vid) = vid {
-                    let mut st = conn
-                        .prepare_cached(
-                            "SELECT a.rid FROM attrs a WHERE a.vid=?1 AND a.insight=?2 AND a.event_time BETWEEN ?3 AND ?4 \
-                             AND (a.event_time, a.rid) < (?5, ?6) \
-                             ORDER BY a.event_time DESC, a.rid DESC LIMIT ?7",
-                        )
-                        .map_err(fail)?;
-                    for r in st
-                        .query_map(params![vid, insight, start, end, at, ar, want], map)
-                        .map_err(fail)?
-                    {
-                        rows.push(r.map_err(fail)?);
-                    }
-                }
-            }
-        }
+        let after = q.after.unwrap_or((i64::MAX, i64::MAX));
+        let (key, hash) = match &q.attribute {
+            None => (postings::ALL, 0),
+            Some(Attribute::EventId(id)) => (postings::EVENT_ID, postings::hash(id.as_bytes())),
+            Some(Attribute::Other(k, v)) => (*k as i64, postings::hash(v.as_bytes())),
+        };
+        let blocks = postings::load_blocks(&tx, p)?;
+        let mut rows = postings::scan(
+            &tx,
+            p,
+            &blocks,
+            postings::post_key(key, q.insight),
+            hash,
+            (start, end),
+            after,
+            q.limit + 1,
+        )?;
         let more = rows.len() > q.limit;
         rows.truncate(q.limit);
-        let chunks = Chunks::load(&conn, p, rows.iter().copied())?;
+        let records = load_records(&tx, p, rows.iter().map(|r| r.1))?;
         let mut found = Vec::with_capacity(rows.len());
-        for rid in rows {
-            let record = chunks.record(rid).ok_or_else(|| {
+        let mut ids = HashSet::new();
+        for &(_, rid) in &rows {
+            let record = records.get(&rid).ok_or_else(|| {
                 CoreError::Invalid(format!(
                     "event history {}: the record of row {rid} is missing (run `trailseal \
                      history rebuild`)",
@@ -821,6 +699,15 @@ impl History {
             let fields = extract(record).map_err(|m| {
                 CoreError::Invalid(format!("event history {}: row {rid}: {m}", p.display()))
             })?;
+            // the postings hold hashes: a collision is caught here
+            let matches = match &q.attribute {
+                None => true,
+                Some(Attribute::EventId(id)) => fields.event_id == *id,
+                Some(Attribute::Other(k, v)) => fields.attrs().contains(&(*k, v.as_str())),
+            };
+            if !matches || !ids.insert(fields.event_id.clone()) {
+                continue;
+            }
             let record = String::from_utf8(record.to_vec()).map_err(|_| {
                 CoreError::Invalid(format!(
                     "event history {}: row {rid} is not UTF-8",
@@ -833,11 +720,8 @@ impl History {
                 record,
             });
         }
-        let next = if more {
-            found.last().map(|f| (f.fields.event_time_ms, f.rid))
-        } else {
-            None
-        };
+        // the cursor is the last posting read, even when its event was left out
+        let next = if more { rows.last().copied() } else { None };
         Ok((found, next))
     }
 }
@@ -1049,137 +933,204 @@ fn list_sources(dir: &Path) -> Result<std::collections::BTreeMap<u64, Source>> {
     Ok(out)
 }
 
-/// Decompressed record chunks, by chunk id.
-struct Chunks(HashMap<i64, Vec<u8>>);
-
-impl Chunks {
-    /// Read and decompress the chunks holding the events `rids`.
-    fn load(conn: &Connection, path: &Path, rids: impl Iterator<Item = i64>) -> Result<Chunks> {
-        let fail = |e| db_err(path, "read records", e);
-        let mut out = HashMap::new();
-        let mut st = conn
-            .prepare_cached("SELECT data FROM chunks WHERE cid=?1")
-            .map_err(fail)?;
-        for rid in rids {
-            let cid = rid >> CHUNK_BITS;
-            if out.contains_key(&cid) {
-                continue;
-            }
-            let data: Option<Vec<u8>> =
-                st.query_row([cid], |r| r.get(0)).optional().map_err(fail)?;
-            if let Some(data) = data {
-                let raw = zstd::bulk::decompress(&data, 1 << 30).map_err(|e| {
-                    CoreError::Invalid(format!(
-                        "event history {}: record chunk {cid} does not decompress: {e} (stop the \
-                         daemon and run `trailseal history rebuild`)",
-                        path.display()
-                    ))
-                })?;
-                out.insert(cid, raw);
-            }
-        }
-        Ok(Chunks(out))
-    }
-
-    /// The canonical record of event `rid`, if its chunk was loaded.
-    fn record(&self, rid: i64) -> Option<&[u8]> {
-        let chunk = self.0.get(&(rid >> CHUNK_BITS))?;
-        let pos = (rid & (CHUNK_EVENTS - 1)) as usize;
-        chunk.split(|b| *b == b'\n').nth(pos)
-    }
-}
-
-/// Insert canonical events, their record chunks and their attribute rows; returns how many were
-/// new (an eventID already there is skipped). The attribute rows of the whole call are inserted
-/// sorted by key: neighbouring inserts then touch the same B-tree pages.
-fn insert_events(
-    conn: &Connection,
-    path: &Path,
-    records: &[&[u8]],
-    vals: &mut ValueIds,
-    next_cid: &mut i64,
-) -> Result<u64> {
-    let fail = |e| db_err(path, "insert", e);
-    let mut ins = conn
-        .prepare_cached(
-            "INSERT INTO events(rid, id_hash, event_id, event_time, insight) \
-             VALUES(?1, ?2, ?3, ?4, ?5)",
-        )
-        .map_err(fail)?;
-    let mut seen = conn
-        .prepare_cached("SELECT 1 FROM events WHERE id_hash=?1 AND event_id=?2")
-        .map_err(fail)?;
-    let mut put_chunk = conn
-        .prepare_cached("INSERT INTO chunks(cid, data) VALUES(?1, ?2)")
-        .map_err(fail)?;
-    let zerr = |e: std::io::Error| {
+/// Decompress one stored chunk.
+fn decompress_chunk(path: &Path, cid: i64, data: &[u8]) -> Result<Vec<u8>> {
+    let size = zstd::zstd_safe::get_frame_content_size(data)
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+        .min(1 << 30) as usize;
+    let out = if size > 0 {
+        zstd::bulk::decompress(data, size)
+    } else {
+        zstd::stream::decode_all(data)
+    };
+    out.map_err(|e| {
         CoreError::Invalid(format!(
-            "event history {}: cannot compress records: {e}",
+            "event history {}: record chunk {cid} does not decompress: {e} (stop the daemon and \
+             run `trailseal history rebuild`)",
             path.display()
         ))
-    };
-    // one compression context for the call (making one per chunk costs as much as compressing)
-    let mut zc = zstd::bulk::Compressor::new(CHUNK_LEVEL).map_err(zerr)?;
-    let mut flush = |cid: &mut i64, chunk: &mut Vec<u8>| -> Result<()> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        let data = zc.compress(chunk).map_err(|e| {
+    })
+}
+
+/// The records of events `rids`, by rid (absent when their chunk is gone). Chunks are read one
+/// at a time, so a lookup holds at most one decompressed chunk.
+fn load_records(
+    conn: &Connection,
+    path: &Path,
+    rids: impl Iterator<Item = i64>,
+) -> Result<HashMap<i64, Vec<u8>>> {
+    let fail = |e| db_err(path, "read records", e);
+    let mut by_chunk: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for rid in rids {
+        by_chunk.entry(rid >> CHUNK_BITS).or_default().push(rid);
+    }
+    let mut st = conn
+        .prepare_cached("SELECT data FROM chunks WHERE cid=?1")
+        .map_err(fail)?;
+    let mut out = HashMap::new();
+    for (cid, rids) in by_chunk {
+        let data: Option<Vec<u8>> = st.query_row([cid], |r| r.get(0)).optional().map_err(fail)?;
+        let Some(data) = data else { continue };
+        let content = decompress_chunk(path, cid, &data)?;
+        let events = frame_events(&content, content.starts_with(HEADER)).map_err(|()| {
             CoreError::Invalid(format!(
-                "event history {}: cannot compress records: {e}",
+                "event history {}: record chunk {cid} is not a piece of a log file (stop the \
+                 daemon and run `trailseal history rebuild`)",
                 path.display()
             ))
         })?;
-        put_chunk.execute(params![*cid, data]).map_err(fail)?;
-        chunk.clear();
-        *cid += 1;
-        Ok(())
-    };
-    let mut fields = Vec::with_capacity(records.len());
-    let mut chunk: Vec<u8> = Vec::new();
-    let mut pos = 0i64;
-    for record in records {
+        for rid in rids {
+            let pos = (rid & ((1 << CHUNK_BITS) - 1)) as usize;
+            if let Some(record) = events.get(pos) {
+                out.insert(rid, record.to_vec());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Events to index, as found.
+enum Piece<'a> {
+    /// A zstd frame of a spool file and its events.
+    Frame {
+        compressed: &'a [u8],
+        content_len: usize,
+        events: Vec<&'a [u8]>,
+    },
+    /// Events without a frame of their own (a gzip file, a rebuilt log file).
+    Loose(Vec<&'a [u8]>),
+}
+
+impl Piece<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Frame { events, .. } | Piece::Loose(events) => events.len(),
+        }
+    }
+}
+
+/// What [`insert_events`] wrote, for the writer to take over once it is committed.
+struct Inserted {
+    next_cid: i64,
+    block: Option<postings::Block>,
+    ids: Vec<u64>,
+}
+
+/// Insert events: their record chunks and one block of postings (an eventID indexed recently
+/// is skipped).
+fn insert_events(
+    conn: &Connection,
+    path: &Path,
+    pieces: &[Piece<'_>],
+    w: &Writer,
+) -> Result<Inserted> {
+    let fail = |e| db_err(path, "insert", e);
+    let mut put_chunk = conn
+        .prepare_cached("INSERT INTO chunks(cid, data) VALUES(?1, ?2)")
+        .map_err(fail)?;
+    let first_cid = w.next_cid;
+    let mut next_cid = w.next_cid;
+    let mut ids = ahash::AHashSet::new();
+    let mut posts: Vec<postings::Post> = Vec::new();
+    // Take one event: its postings under `rid`; false when its eventID was indexed already.
+    let mut take = |record: &[u8], rid: i64, posts: &mut Vec<postings::Post>| -> Result<bool> {
         let f = extract(record).map_err(|m| {
             CoreError::Invalid(format!(
                 "event history {}: cannot index an event: {m}",
                 path.display()
             ))
         })?;
-        let rid = (*next_cid << CHUNK_BITS) | pos;
-        let h = hash64(&[f.event_id.as_bytes()]);
-        if !seen.exists(params![h, f.event_id]).map_err(fail)? {
-            ins.execute(params![rid, h, f.event_id, f.event_time_ms, f.insight])
-                .map_err(fail)?;
-            if pos > 0 {
-                chunk.push(b'\n');
+        let id_hash = postings::hash(f.event_id.as_bytes());
+        if w.recent.set.contains(&id_hash) || !ids.insert(id_hash) {
+            return Ok(false);
+        }
+        let post = |key: i64, hash: u64| postings::Post {
+            key: postings::post_key(key, f.insight),
+            hash,
+            time: f.event_time_ms,
+            rid,
+        };
+        posts.push(post(postings::ALL, 0));
+        posts.push(post(postings::EVENT_ID, id_hash));
+        for (k, v) in f.attrs() {
+            posts.push(post(k as i64, postings::hash(v.as_bytes())));
+        }
+        Ok(true)
+    };
+    let mut loose: Vec<&[u8]> = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Frame {
+                compressed,
+                content_len,
+                events,
+            } if *content_len <= VERBATIM_MAX && events.len() < 1 << CHUNK_BITS => {
+                let mut new = 0;
+                for (pos, record) in events.iter().enumerate() {
+                    new += usize::from(take(
+                        record,
+                        next_cid << CHUNK_BITS | pos as i64,
+                        &mut posts,
+                    )?);
+                }
+                if new > 0 {
+                    put_chunk
+                        .execute(params![next_cid, compressed])
+                        .map_err(fail)?;
+                    next_cid += 1;
+                }
             }
-            chunk.extend_from_slice(record);
-            fields.push((rid, f));
-            pos += 1;
-            if pos == CHUNK_EVENTS {
-                flush(next_cid, &mut chunk)?;
+            Piece::Frame { events, .. } | Piece::Loose(events) => loose.extend(events),
+        }
+    }
+    if !loose.is_empty() {
+        let zerr = |e: std::io::Error| {
+            CoreError::Invalid(format!(
+                "event history {}: cannot compress records: {e}",
+                path.display()
+            ))
+        };
+        // one compression context for the call (making one per chunk costs as much as compressing)
+        let mut zc = zstd::bulk::Compressor::new(CHUNK_LEVEL).map_err(zerr)?;
+        let mut chunk: Vec<u8> = Vec::new();
+        let mut pos = 0i64;
+        for (i, record) in loose.iter().enumerate() {
+            if take(record, next_cid << CHUNK_BITS | pos, &mut posts)? {
+                // framed like a log file's later frame: each event after a separator
+                chunk.extend_from_slice(SEPARATOR);
+                chunk.extend_from_slice(record);
+                pos += 1;
+            }
+            if pos > 0 && (pos as usize == LOOSE_EVENTS || i + 1 == loose.len()) {
+                let data = zc.compress(&chunk).map_err(zerr)?;
+                put_chunk.execute(params![next_cid, data]).map_err(fail)?;
+                chunk.clear();
+                next_cid += 1;
                 pos = 0;
             }
         }
     }
-    flush(next_cid, &mut chunk)?;
-    let mut rows: Vec<(i64, bool, i64, i64)> = Vec::with_capacity(fields.len() * 10);
-    for (rid, f) in &fields {
-        for (k, v) in f.attrs() {
-            if let Some(vid) = vals.get(conn, path, k as i64, v, true)? {
-                rows.push((vid, f.insight, f.event_time_ms, *rid));
-            }
-        }
-    }
-    rows.sort_unstable();
-    let mut attr = conn
-        .prepare_cached("INSERT OR IGNORE INTO attrs VALUES(?1, ?2, ?3, ?4)")
-        .map_err(fail)?;
-    for (vid, insight, time, rid) in rows {
-        attr.execute(params![vid, insight, time, rid])
-            .map_err(fail)?;
-    }
-    Ok(fields.len() as u64)
+    let inserted = ids.len() as i64;
+    let block = if inserted > 0 {
+        let bid = w.blocks.last().map_or(1, |b| b.bid + 1);
+        Some(postings::write_block(
+            conn,
+            path,
+            bid,
+            inserted,
+            (first_cid, next_cid - 1),
+            &mut posts,
+        )?)
+    } else {
+        None
+    };
+    Ok(Inserted {
+        next_cid,
+        block,
+        ids: ids.into_iter().collect(),
+    })
 }
 
 /// The events of one decoded frame. `first`: the frame starts the file (so the log header).
@@ -1231,26 +1182,9 @@ impl Writer {
         trail: &str,
         seq: u64,
         progress: Progress,
-        events: &[&[u8]],
+        pieces: &[Piece<'_>],
     ) -> Result<u64> {
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|e| db_err(path, "begin", e))?;
-        let inserted = insert_events(&tx, path, events, &mut self.vals, &mut self.next_cid)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO progress(trail, seq, offset, events, done) \
-             VALUES(?1, ?2, ?3, ?4, ?5)",
-            params![
-                trail,
-                seq as i64,
-                progress.offset as i64,
-                progress.events as i64,
-                progress.done
-            ],
-        )
-        .map_err(|e| db_err(path, "save progress", e))?;
-        tx.commit().map_err(|e| db_err(path, "commit", e))?;
+        let inserted = self.commit_events(path, pieces, Some((trail, seq, progress)))?;
         self.progress.insert((trail.to_owned(), seq), progress);
         if let Ok(mut covered) = self.covered.lock() {
             if progress.done {
@@ -1260,6 +1194,75 @@ impl Writer {
             }
         }
         Ok(inserted)
+    }
+
+    /// Insert `events` (and a file's progress) in one transaction, then merge blocks (each
+    /// merge in a transaction of its own). On an error, the writer's view of the blocks is read
+    /// again from the database.
+    fn commit_events(
+        &mut self,
+        path: &Path,
+        pieces: &[Piece<'_>],
+        progress: Option<(&str, u64, Progress)>,
+    ) -> Result<u64> {
+        let r = self.try_commit_events(path, pieces, progress);
+        if r.is_err() {
+            self.reload(path)?;
+        }
+        r
+    }
+
+    fn try_commit_events(
+        &mut self,
+        path: &Path,
+        pieces: &[Piece<'_>],
+        progress: Option<(&str, u64, Progress)>,
+    ) -> Result<u64> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| db_err(path, "begin", e))?;
+        let done = insert_events(&tx, path, pieces, self)?;
+        if let Some((trail, seq, p)) = progress {
+            tx.execute(
+                "INSERT OR REPLACE INTO progress(trail, seq, offset, events, done) \
+                 VALUES(?1, ?2, ?3, ?4, ?5)",
+                params![trail, seq as i64, p.offset as i64, p.events as i64, p.done],
+            )
+            .map_err(|e| db_err(path, "save progress", e))?;
+        }
+        tx.commit().map_err(|e| db_err(path, "commit", e))?;
+        self.next_cid = done.next_cid;
+        let inserted = done.ids.len() as u64;
+        for h in done.ids {
+            self.recent.insert(h);
+        }
+        if let Some(b) = done.block {
+            self.blocks.push(b);
+        }
+        loop {
+            let tx = self
+                .conn
+                .unchecked_transaction()
+                .map_err(|e| db_err(path, "begin", e))?;
+            if !postings::merge_step(&tx, path, &mut self.blocks)? {
+                break;
+            }
+            tx.commit().map_err(|e| db_err(path, "commit", e))?;
+        }
+        Ok(inserted)
+    }
+
+    /// Read the blocks and the next chunk id again (after a failed transaction).
+    fn reload(&mut self, path: &Path) -> Result<()> {
+        self.blocks = postings::load_blocks(&self.conn, path)?;
+        self.next_cid = self
+            .conn
+            .query_row("SELECT coalesce(max(cid), 0) + 1 FROM chunks", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| db_err(path, "read the last chunk id", e))?;
+        Ok(())
     }
 
     fn index_file(
@@ -1313,7 +1316,8 @@ impl Writer {
                     prog.events = split.events.len() as u64;
                     prog.done = true;
                     report.events = events.len() as u64;
-                    report.inserted = self.save(path, trail, seq, prog, events)?;
+                    report.inserted =
+                        self.save(path, trail, seq, prog, &[Piece::Loose(events.to_vec())])?;
                     return Ok(report);
                 }
                 (log, true)
@@ -1355,7 +1359,8 @@ impl Writer {
             cap = cap.saturating_mul(2).min(avail);
         };
         let truncated = (bytes.len() as u64) < avail;
-        let mut decoded: Vec<Vec<u8>> = Vec::new();
+        // (compressed start, length, content) of each whole frame
+        let mut decoded: Vec<(usize, usize, Vec<u8>)> = Vec::new();
         let mut pos = 0usize;
         let mut frames_events = 0u64;
         let mut restart = false;
@@ -1369,7 +1374,7 @@ impl Writer {
                 Ok(n) if n > 0 && n <= rest.len() => n,
                 _ => break, // a frame still being written
             };
-            let Ok(content) = zstd::stream::decode_all(&rest[..n]) else {
+            let Ok(content) = decompress_chunk(path, 0, &rest[..n]) else {
                 break;
             };
             let first = prog.offset == 0 && pos == 0;
@@ -1380,7 +1385,7 @@ impl Writer {
                     break;
                 }
             }
-            decoded.push(content);
+            decoded.push((pos, n, content));
             pos += n;
         }
         if restart && prog.offset != 0 {
@@ -1396,21 +1401,26 @@ impl Writer {
                 ),
             });
         }
-        let mut events: Vec<&[u8]> = Vec::new();
-        for (i, content) in decoded.iter().enumerate() {
-            let first = prog.offset == 0 && i == 0;
-            events.extend(frame_events(content, first).unwrap_or_default());
-        }
+        let pieces: Vec<Piece<'_>> = decoded
+            .iter()
+            .enumerate()
+            .map(|(i, (at, n, content))| Piece::Frame {
+                compressed: &bytes[*at..*at + *n],
+                content_len: content.len(),
+                events: frame_events(content, prog.offset == 0 && i == 0).unwrap_or_default(),
+            })
+            .collect();
+        let taken: usize = pieces.iter().map(Piece::len).sum();
         let start_offset = prog.offset;
         prog.offset += pos as u64;
-        prog.events += events.len() as u64;
+        prog.events += taken as u64;
         if let Source::Sealed { event_count, .. } = source {
             prog.done = prog.events >= *event_count;
         }
         report.more = (pos < bytes.len() && frames_events >= budget) || (truncated && pos > 0);
         if prog.offset != start_offset || prog.done {
-            report.events = events.len() as u64;
-            report.inserted = self.save(path, trail, seq, prog, &events)?;
+            report.events = taken as u64;
+            report.inserted = self.save(path, trail, seq, prog, &pieces)?;
         }
         Ok(report)
     }
@@ -1742,36 +1752,9 @@ mod tests {
         tq.end_ms = Some(1_767_225_600_000 + 19_000);
         let n = h.lookup(&tq).expect("lookup").0.len();
         assert_eq!(n, non_insight(&|i| (10..=19).contains(&(i % 3600))));
-        // every lookup is an index range scan (no table scan, no sort)
-        let conn = h.reader().expect("reader");
-        for sql in [
-            "SELECT a.rid FROM attrs a WHERE a.vid=1 \
-             AND a.insight=0 AND a.event_time BETWEEN 0 AND 9 AND (a.event_time, a.rid) < (5, 5) \
-             ORDER BY a.event_time DESC, a.rid DESC LIMIT 51",
-            "SELECT rid FROM events WHERE insight=0 AND event_time BETWEEN 0 AND 9 \
-             AND (event_time, rid) < (5, 5) ORDER BY event_time DESC, rid DESC LIMIT 51",
-        ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect("prepare")
-                .query_map([], |r| r.get::<_, String>(3))
-                .expect("plan")
-                .map(|r| r.expect("row"))
-                .collect();
-            let plan = plan.join("; ");
-            assert!(
-                !plan.contains("TEMP B-TREE") && plan.contains("USING"),
-                "{plan}"
-            );
-            assert!(
-                !plan.contains("SCAN e") && !plan.contains("SCAN events"),
-                "{plan}"
-            );
-        }
-        drop(conn);
-        // retention: everything before minute 10 goes, in small steps
+        // retention: nothing before minute 10 is found or counted once the horizon moved
         let cutoff = 1_767_225_600_000 + 600_000;
-        while h.expire(cutoff, 100).expect("expire") == 100 {}
+        while h.expire(cutoff, 100).expect("expire") >= 100 {}
         assert_eq!(h.count().expect("count"), 400);
         assert_eq!(
             count(Attribute::parse("Username", "alice").expect("key")),
@@ -1779,38 +1762,103 @@ mod tests {
                 .filter(|i| i % 10 != 9 && i.is_multiple_of(3))
                 .count()
         );
-        let left: i64 = h
+        assert_eq!(
+            count(Attribute::EventId("id-5".into())),
+            0,
+            "an expired event is never returned"
+        );
+        // a cutoff past every event: the blocks (one per stream) go whole, chunks included
+        let late = 1_767_225_600_000 + 3_600_000;
+        let mut removed = 0;
+        loop {
+            let n = h.expire(late, 100).expect("expire");
+            removed += n;
+            if n < 100 {
+                break;
+            }
+        }
+        assert_eq!(removed, 1000);
+        let (blocks, chunks): (i64, i64) = h
             .reader()
             .expect("reader")
             .query_row(
-                "SELECT count(*) FROM attrs WHERE event_time < ?1",
-                [cutoff],
-                |r| r.get(0),
-            )
-            .expect("count");
-        assert_eq!(left, 0);
-        let orphans: i64 = h
-            .reader()
-            .expect("reader")
-            .query_row(
-                "SELECT count(*) FROM vals WHERE id NOT IN (SELECT vid FROM attrs)",
+                "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM chunks)",
                 [],
-                |r| r.get(0),
-            )
-            .expect("count");
-        assert_eq!(orphans, 0);
-        let (chunks, orphans): (i64, i64) = h
-            .reader()
-            .expect("reader")
-            .query_row(
-                "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS \
-                 (SELECT 1 FROM events WHERE rid >> ?1 = c.cid)) FROM chunks c",
-                [CHUNK_BITS],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .expect("count");
-        assert!(chunks > 0);
-        assert_eq!(orphans, 0);
+        assert_eq!((blocks, chunks), (0, 0));
+        assert_eq!(h.count().expect("count"), 0);
+        // the horizon survives reopening
+        drop(h);
+        let h = History::open(&dir.0.join("history.db")).expect("reopen");
+        assert_eq!(h.horizon.load(std::sync::atomic::Ordering::SeqCst), late);
+    }
+
+    #[test]
+    fn small_steps_merge_into_blocks_and_lookups_agree() {
+        let dir = temp("history-merge");
+        let mut cfg = SpoolConfig::new(dir.0.join("spool"), vec![], "111122223333", "us-east-1");
+        cfg.trails = vec![spec("main")];
+        let mut spool = Spool::open(cfg).expect("open spool");
+        let h = History::open(&dir.0.join("history.db")).expect("open history");
+        // 200 indexing steps of 10 events: 200 level-0 blocks, merged as they come
+        for step in 0..200 {
+            feed(&mut spool, step * 10..step * 10 + 10);
+            h.index_spool(&dir.0.join("spool"), 1_000_000)
+                .expect("index");
+        }
+        let levels: Vec<i64> = {
+            let w = h.writer().expect("writer");
+            assert_eq!(
+                w.blocks,
+                postings::load_blocks(&w.conn, h.path()).expect("blocks")
+            );
+            w.blocks.iter().map(|b| b.level).collect()
+        };
+        // two files per step (Insight events have their own): 400 = 6 * 64 + 2 * 8
+        assert_eq!(levels, vec![2, 2, 2, 2, 2, 2, 1, 1]);
+        assert_eq!(h.count().expect("count"), 2000);
+        let all = |a: Option<Attribute>| {
+            let mut got = Vec::new();
+            let mut query = q(a, 13);
+            loop {
+                let (found, next) = h.lookup(&query).expect("lookup");
+                got.extend(ids(&found));
+                match next {
+                    Some(n) => query.after = Some(n),
+                    None => return got,
+                }
+            }
+        };
+        let mut want: Vec<(i64, usize)> = (0..2000)
+            .filter(|i| i % 10 != 9)
+            .map(|i| (extract(event(i).as_bytes()).expect("x").event_time_ms, i))
+            .collect();
+        want.sort_by(|a, b| b.cmp(a));
+        let got = all(None);
+        assert_eq!(got.len(), want.len());
+        let mut uniq = got.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), want.len());
+        assert_eq!(
+            all(Attribute::parse("Username", "alice")).len(),
+            (0..2000usize)
+                .filter(|i| i % 10 != 9 && i.is_multiple_of(3))
+                .count()
+        );
+        for i in [0usize, 1234, 1998] {
+            assert_eq!(
+                all(Some(Attribute::EventId(format!("id-{i}")))),
+                vec![format!("id-{i}")]
+            );
+        }
+        // reopening reads the blocks and remembers the eventIDs: nothing is indexed twice
+        drop(h);
+        let h = History::open(&dir.0.join("history.db")).expect("reopen");
+        assert_eq!(h.writer().expect("writer").recent.order.len(), 2000);
+        assert_eq!(h.count().expect("count"), 2000);
     }
 
     #[test]

@@ -1,0 +1,533 @@
+//! The event history's lookup index: postings in blocks.
+//!
+//! Every indexing step writes one **block**: the events it added, their records in chunks (see
+//! the parent module) and, per lookup key, sorted postings `(hash, event_time, rid)`. Nothing is
+//! inserted at a random place: a block's rows go after the previous block's, so indexing costs a
+//! few sequential row writes per thousand events instead of ~10 random B-tree inserts per event.
+//! Small blocks are merged into larger ones in the background (an LSM-like tier: the newest
+//! [`FANOUT`] blocks of one level become one block of the next level, up to
+//! [`MAX_MERGED_EVENTS`] events), so a lookup reads a bounded number of blocks.
+//!
+//! ```text
+//! blocks(bid INTEGER PRIMARY KEY, events, min_time, max_time, bits, cid_lo, cid_hi, level)
+//!   events: events in the block; min/max_time: their eventTime range (epoch ms);
+//!   bits: the block's bucket bits; cid_lo..=cid_hi: its record chunks (no other block's);
+//!   level: 0 for a new block, n + 1 for a merge of level-n blocks, FINAL_LEVEL when too big
+//!   to merge further. Blocks are ordered by bid (the order they were indexed in).
+//! posts(bid, key, bucket, data BLOB), UNIQUE(bid, key, bucket)
+//!   key = lookup attribute << 1 | insight (attribute 0: every event, 8: EventId, else
+//!   [`super::AttrKey`]); bucket = the top `bits` bits of the value's hash (0 when bits = 0).
+//!   data: 24-byte entries (hash u64, event_time i64, rid i64, little-endian), sorted by hash
+//!   ascending, then (event_time, rid) descending.
+//! ```
+//! A value's hash is xxh3-64 of its UTF-8 bytes (a stable, specified function): a lookup checks
+//! the record it reads, so a hash collision costs a read, never a wrong result.
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::db_err;
+use crate::error::Result;
+
+/// The key of every event (lookups without an attribute).
+pub const ALL: i64 = 0;
+/// The key of the eventID.
+pub const EVENT_ID: i64 = 8;
+
+/// Blocks merged into one.
+pub const FANOUT: usize = 8;
+/// A merge that would exceed this many events is not made: those blocks stay as they are.
+pub const MAX_MERGED_EVENTS: i64 = 1 << 18;
+/// The level of a block that is never merged again.
+pub const FINAL_LEVEL: i64 = 1_000;
+/// Entries per bucket a block aims at for a key whose values are all distinct (an eventID).
+const BUCKET_ENTRIES: i64 = 32;
+const ENTRY: usize = 24;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS blocks(
+  bid INTEGER PRIMARY KEY, events INTEGER NOT NULL, min_time INTEGER NOT NULL,
+  max_time INTEGER NOT NULL, bits INTEGER NOT NULL, cid_lo INTEGER NOT NULL,
+  cid_hi INTEGER NOT NULL, level INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS posts(
+  bid INTEGER NOT NULL, key INTEGER NOT NULL, bucket INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS posts_at ON posts(bid, key, bucket);
+";
+
+/// The posting key of a lookup attribute code for events of one category.
+pub fn post_key(attribute: i64, insight: bool) -> i64 {
+    attribute << 1 | i64::from(insight)
+}
+
+/// The hash of a value (or an eventID) as postings hold it.
+pub fn hash(value: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(value)
+}
+
+/// One posting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Post {
+    pub key: i64,
+    pub hash: u64,
+    pub time: i64,
+    pub rid: i64,
+}
+
+/// One row of `blocks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub bid: i64,
+    pub events: i64,
+    pub min_time: i64,
+    pub max_time: i64,
+    pub bits: u32,
+    pub cid_lo: i64,
+    pub cid_hi: i64,
+    pub level: i64,
+}
+
+/// Bucket bits for a block of `events`: about [`BUCKET_ENTRIES`] distinct values per bucket.
+fn bucket_bits(events: i64) -> u32 {
+    let mut bits = 0;
+    while bits < 24 && (events >> bits) > BUCKET_ENTRIES {
+        bits += 1;
+    }
+    bits
+}
+
+fn bucket(hash: u64, bits: u32) -> i64 {
+    if bits == 0 {
+        0
+    } else {
+        (hash >> (64 - bits)) as i64
+    }
+}
+
+fn entry(data: &[u8], i: usize) -> (u64, i64, i64) {
+    let e = &data[i * ENTRY..(i + 1) * ENTRY];
+    let word = |k: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&e[k * 8..k * 8 + 8]);
+        b
+    };
+    (
+        u64::from_le_bytes(word(0)),
+        i64::from_le_bytes(word(1)),
+        i64::from_le_bytes(word(2)),
+    )
+}
+
+fn encode(posts: &[Post]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(posts.len() * ENTRY);
+    for p in posts {
+        out.extend_from_slice(&p.hash.to_le_bytes());
+        out.extend_from_slice(&p.time.to_le_bytes());
+        out.extend_from_slice(&p.rid.to_le_bytes());
+    }
+    out
+}
+
+/// Every block, in bid order.
+pub fn load_blocks(conn: &Connection, path: &Path) -> Result<Vec<Block>> {
+    let fail = |e| db_err(path, "read blocks", e);
+    let mut st = conn
+        .prepare_cached(
+            "SELECT bid, events, min_time, max_time, bits, cid_lo, cid_hi, level FROM blocks \
+             ORDER BY bid",
+        )
+        .map_err(fail)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok(Block {
+                bid: r.get(0)?,
+                events: r.get(1)?,
+                min_time: r.get(2)?,
+                max_time: r.get(3)?,
+                bits: r.get::<_, i64>(4)?.clamp(0, 63) as u32,
+                cid_lo: r.get(5)?,
+                cid_hi: r.get(6)?,
+                level: r.get(7)?,
+            })
+        })
+        .map_err(fail)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(fail)
+}
+
+/// Write the postings of block `bid` (sorting `posts`), `bits` bucket bits.
+fn write_posts(
+    conn: &Connection,
+    path: &Path,
+    bid: i64,
+    bits: u32,
+    posts: &mut [Post],
+) -> Result<()> {
+    let fail = |e| db_err(path, "write postings", e);
+    // A bucket is the top bits of the hash: (key, hash) order is (key, bucket) order too. A
+    // stable sort finds the sorted runs a merge concatenates and merges them.
+    posts.sort_by(|a, b| {
+        (a.key, a.hash)
+            .cmp(&(b.key, b.hash))
+            .then_with(|| (b.time, b.rid).cmp(&(a.time, a.rid)))
+    });
+    let mut ins = conn
+        .prepare_cached("INSERT INTO posts(bid, key, bucket, data) VALUES(?1, ?2, ?3, ?4)")
+        .map_err(fail)?;
+    let mut rest: &[Post] = posts;
+    while let Some(first) = rest.first() {
+        let at = (first.key, bucket(first.hash, bits));
+        let n = rest
+            .iter()
+            .position(|p| (p.key, bucket(p.hash, bits)) != at)
+            .unwrap_or(rest.len());
+        ins.execute(params![bid, at.0, at.1, encode(&rest[..n])])
+            .map_err(fail)?;
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+fn insert_block(conn: &Connection, path: &Path, b: &Block) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO blocks(bid, events, min_time, max_time, bits, cid_lo, cid_hi, level) \
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            b.bid, b.events, b.min_time, b.max_time, b.bits, b.cid_lo, b.cid_hi, b.level
+        ])
+    })
+    .map_err(|e| db_err(path, "write a block", e))?;
+    Ok(())
+}
+
+/// Write a new level-0 block of `events` events with their postings (`posts`: one [`ALL`] and
+/// one [`EVENT_ID`] posting per event, one per distinct lookup value).
+pub fn write_block(
+    conn: &Connection,
+    path: &Path,
+    bid: i64,
+    events: i64,
+    cids: (i64, i64),
+    posts: &mut [Post],
+) -> Result<Block> {
+    let (min_time, max_time) = posts.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
+        (lo.min(p.time), hi.max(p.time))
+    });
+    let block = Block {
+        bid,
+        events,
+        min_time,
+        max_time,
+        bits: bucket_bits(events),
+        cid_lo: cids.0,
+        cid_hi: cids.1,
+        level: 0,
+    };
+    write_posts(conn, path, bid, block.bits, posts)?;
+    insert_block(conn, path, &block)?;
+    Ok(block)
+}
+
+/// One merge step over `blocks` (in bid order, kept up to date): when the newest [`FANOUT`] or
+/// more blocks share a level, the oldest [`FANOUT`] of them become one block of the next level
+/// (or, when that would exceed [`MAX_MERGED_EVENTS`], are marked final). Returns whether it
+/// changed anything (call again until it does not). Run it in a transaction.
+pub fn merge_step(conn: &Connection, path: &Path, blocks: &mut Vec<Block>) -> Result<bool> {
+    let Some(last) = blocks.last() else {
+        return Ok(false);
+    };
+    let level = last.level;
+    if level >= FINAL_LEVEL {
+        return Ok(false);
+    }
+    let start = blocks
+        .iter()
+        .rposition(|b| b.level != level)
+        .map_or(0, |i| i + 1);
+    if blocks.len() - start < FANOUT {
+        return Ok(false);
+    }
+    let group = &blocks[start..start + FANOUT];
+    let (lo, hi) = (group[0].bid, group[FANOUT - 1].bid);
+    let events: i64 = group.iter().map(|b| b.events).sum();
+    let fail = |e| db_err(path, "merge blocks", e);
+    if events > MAX_MERGED_EVENTS {
+        conn.execute(
+            "UPDATE blocks SET level=?1 WHERE bid BETWEEN ?2 AND ?3",
+            params![FINAL_LEVEL, lo, hi],
+        )
+        .map_err(fail)?;
+        for b in &mut blocks[start..start + FANOUT] {
+            b.level = FINAL_LEVEL;
+        }
+        return Ok(true);
+    }
+    let merged = Block {
+        bid: lo,
+        events,
+        min_time: group.iter().map(|b| b.min_time).min().unwrap_or(0),
+        max_time: group.iter().map(|b| b.max_time).max().unwrap_or(0),
+        bits: bucket_bits(events),
+        cid_lo: group.iter().map(|b| b.cid_lo).min().unwrap_or(0),
+        cid_hi: group.iter().map(|b| b.cid_hi).max().unwrap_or(0),
+        level: level + 1,
+    };
+    let keys: Vec<i64> = conn
+        .prepare_cached("SELECT DISTINCT key FROM posts WHERE bid BETWEEN ?1 AND ?2")
+        .map_err(fail)?
+        .query_map(params![lo, hi], |r| r.get(0))
+        .map_err(fail)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(fail)?;
+    // one key at a time: the largest (every event) holds 24 bytes per event
+    for key in keys {
+        let mut posts = Vec::new();
+        {
+            let mut st = conn
+                .prepare_cached("SELECT data FROM posts WHERE bid BETWEEN ?1 AND ?2 AND key=?3")
+                .map_err(fail)?;
+            let mut rows = st.query(params![lo, hi, key]).map_err(fail)?;
+            while let Some(row) = rows.next().map_err(fail)? {
+                let data = row
+                    .get_ref(0)
+                    .and_then(|v| Ok(v.as_blob()?))
+                    .map_err(fail)?;
+                for i in 0..data.len() / ENTRY {
+                    let (hash, time, rid) = entry(data, i);
+                    posts.push(Post {
+                        key,
+                        hash,
+                        time,
+                        rid,
+                    });
+                }
+            }
+        }
+        conn.execute(
+            "DELETE FROM posts WHERE bid BETWEEN ?1 AND ?2 AND key=?3",
+            params![lo, hi, key],
+        )
+        .map_err(fail)?;
+        write_posts(conn, path, merged.bid, merged.bits, &mut posts)?;
+    }
+    conn.execute(
+        "DELETE FROM blocks WHERE bid BETWEEN ?1 AND ?2",
+        params![lo, hi],
+    )
+    .map_err(fail)?;
+    insert_block(conn, path, &merged)?;
+    blocks.splice(start..start + FANOUT, [merged]);
+    Ok(true)
+}
+
+/// Remove a block: its postings, its record chunks and its row.
+pub fn delete_block(conn: &Connection, path: &Path, b: &Block) -> Result<()> {
+    let fail = |e| db_err(path, "remove a block", e);
+    conn.execute("DELETE FROM posts WHERE bid=?1", [b.bid])
+        .map_err(fail)?;
+    conn.execute(
+        "DELETE FROM chunks WHERE cid BETWEEN ?1 AND ?2",
+        params![b.cid_lo, b.cid_hi],
+    )
+    .map_err(fail)?;
+    conn.execute("DELETE FROM blocks WHERE bid=?1", [b.bid])
+        .map_err(fail)?;
+    Ok(())
+}
+
+/// Call `f(hash, time, rid)` for each posting of `key` in block `b` whose hash is `hash` (every
+/// posting of the block's buckets for `key` when `hash` is None), newest first per hash; `f`
+/// returns false to stop.
+fn each_post(
+    conn: &Connection,
+    path: &Path,
+    b: &Block,
+    key: i64,
+    hash: Option<u64>,
+    mut f: impl FnMut(u64, i64, i64) -> bool,
+) -> Result<()> {
+    let fail = |e| db_err(path, "read postings", e);
+    let visit = |data: &[u8], f: &mut dyn FnMut(u64, i64, i64) -> bool| {
+        let n = data.len() / ENTRY;
+        let first = match hash {
+            Some(h) => {
+                let (mut lo, mut hi) = (0, n);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if entry(data, mid).0 < h {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            }
+            None => 0,
+        };
+        for i in first..n {
+            let (h, t, r) = entry(data, i);
+            if hash.is_some_and(|want| want != h) || !f(h, t, r) {
+                return false;
+            }
+        }
+        true
+    };
+    match hash {
+        Some(h) => {
+            let mut st = conn
+                .prepare_cached("SELECT data FROM posts WHERE bid=?1 AND key=?2 AND bucket=?3")
+                .map_err(fail)?;
+            st.query_row(params![b.bid, key, bucket(h, b.bits)], |r| {
+                let data = r.get_ref(0)?.as_blob()?;
+                visit(data, &mut f);
+                Ok(())
+            })
+            .optional()
+            .map_err(fail)?;
+        }
+        None => {
+            let mut st = conn
+                .prepare_cached("SELECT data FROM posts WHERE bid=?1 AND key=?2")
+                .map_err(fail)?;
+            let mut rows = st.query(params![b.bid, key]).map_err(fail)?;
+            while let Some(row) = rows.next().map_err(fail)? {
+                let data = row
+                    .get_ref(0)
+                    .and_then(|v| Ok(v.as_blob()?))
+                    .map_err(fail)?;
+                if !visit(data, &mut f) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The newest `want` postings `(event_time, rid)` of `key` with `hash`, with event_time in
+/// `start..=end` and `(event_time, rid) < after`, newest first. Blocks are read newest first and
+/// the scan stops at the first block that cannot hold anything newer than what it has.
+#[allow(clippy::too_many_arguments)]
+pub fn scan(
+    conn: &Connection,
+    path: &Path,
+    blocks: &[Block],
+    key: i64,
+    hash: u64,
+    (start, end): (i64, i64),
+    after: (i64, i64),
+    want: usize,
+) -> Result<Vec<(i64, i64)>> {
+    let mut candidates: Vec<&Block> = blocks
+        .iter()
+        .filter(|b| b.max_time >= start && b.min_time <= end && b.min_time <= after.0)
+        .collect();
+    candidates.sort_unstable_by_key(|b| Reverse((b.max_time, b.bid)));
+    let mut best: BinaryHeap<Reverse<(i64, i64)>> = BinaryHeap::with_capacity(want + 1);
+    for b in candidates {
+        if best.len() >= want && best.peek().is_some_and(|Reverse(m)| b.max_time < m.0) {
+            break;
+        }
+        each_post(conn, path, b, key, Some(hash), |_, t, r| {
+            if t > end || (t, r) >= after {
+                return true;
+            }
+            if t < start {
+                return false;
+            }
+            if best.len() >= want {
+                match best.peek() {
+                    Some(Reverse(m)) if (t, r) <= *m => return false,
+                    _ => {
+                        best.pop();
+                    }
+                }
+            }
+            best.push(Reverse((t, r)));
+            true
+        })?;
+    }
+    let mut out: Vec<(i64, i64)> = best.into_iter().map(|Reverse(x)| x).collect();
+    out.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(out)
+}
+
+/// Events in `blocks` with eventTime at or after `horizon` (both categories).
+pub fn count_since(conn: &Connection, path: &Path, blocks: &[Block], horizon: i64) -> Result<u64> {
+    let mut n = 0u64;
+    for b in blocks {
+        if b.min_time >= horizon {
+            n += b.events as u64;
+        } else if b.max_time >= horizon {
+            for insight in [false, true] {
+                each_post(conn, path, b, post_key(ALL, insight), None, |_, t, _| {
+                    n += u64::from(t >= horizon);
+                    true
+                })?;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The eventID hashes of the newest blocks, newest block first, at most `cap`.
+pub fn recent_ids(
+    conn: &Connection,
+    path: &Path,
+    blocks: &[Block],
+    cap: usize,
+) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for b in blocks.iter().rev() {
+        for insight in [false, true] {
+            each_post(
+                conn,
+                path,
+                b,
+                post_key(EVENT_ID, insight),
+                None,
+                |h, _, _| {
+                    out.push(h);
+                    out.len() < cap
+                },
+            )?;
+            if out.len() >= cap {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_bits_keep_buckets_small() {
+        assert_eq!(bucket_bits(0), 0);
+        assert_eq!(bucket_bits(32), 0);
+        assert_eq!(bucket_bits(33), 1);
+        assert_eq!(bucket_bits(4_000), 7);
+        assert_eq!(bucket_bits(1 << 18), 13);
+        assert_eq!(bucket(u64::MAX, 0), 0);
+        assert_eq!(bucket(u64::MAX, 7), 127);
+    }
+
+    #[test]
+    fn entries_round_trip_and_hash_is_stable() {
+        let p = Post {
+            key: 3,
+            hash: 0xdead_beef_0000_0001,
+            time: -5,
+            rid: 77,
+        };
+        let data = encode(&[p, p]);
+        assert_eq!(data.len(), 2 * ENTRY);
+        assert_eq!(entry(&data, 1), (p.hash, p.time, p.rid));
+        // xxh3-64 of "" is fixed by its specification
+        assert_eq!(hash(b""), 0x2d06_8005_38d3_94c2);
+    }
+}
