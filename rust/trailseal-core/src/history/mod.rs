@@ -190,17 +190,7 @@ enum Top {
 }
 
 fn top(k: &str) -> Top {
-    match k {
-        "eventID" => Top::Id,
-        "eventTime" => Top::Time,
-        "eventName" => Top::Name,
-        "eventSource" => Top::Source,
-        "readOnly" => Top::ReadOnly,
-        "eventCategory" => Top::Category,
-        "userIdentity" => Top::Identity,
-        "resources" => Top::Resources,
-        _ => Top::Other,
-    }
+    top_bytes(k.as_bytes())
 }
 
 /// Read the lookup fields of one canonical event (defaults filled in, FORMATS.md §1).
@@ -285,6 +275,165 @@ pub fn extract(record: &[u8]) -> std::result::Result<EventFields, String> {
             .map(str::to_owned)
     });
     Ok(f)
+}
+
+/// What indexing needs of one canonical event: the eventID's hash, eventTime, the category and
+/// the hashes of its lookup values (as [`EventFields::attrs`] lists them, distinct). The same
+/// reading as [`extract`], hashing each string where it lies instead of keeping it.
+struct IndexFields {
+    id_hash: u64,
+    time_ms: i64,
+    insight: bool,
+}
+
+/// Call `f` with the string value at `j` (None, skipping the value, when it is not a string).
+fn with_str<T>(
+    j: &mut Jiter<'_>,
+    f: impl FnOnce(&str) -> T,
+) -> std::result::Result<Option<T>, String> {
+    match j.peek().map_err(json_err)? {
+        Peek::String => Ok(Some(f(j.known_str().map_err(json_err)?))),
+        p => {
+            j.known_skip(p).map_err(json_err)?;
+            Ok(None)
+        }
+    }
+}
+
+fn str_hash(j: &mut Jiter<'_>) -> std::result::Result<Option<u64>, String> {
+    with_str(j, |s| postings::hash(s.as_bytes()))
+}
+
+fn top_bytes(k: &[u8]) -> Top {
+    match k {
+        b"eventID" => Top::Id,
+        b"eventTime" => Top::Time,
+        b"eventName" => Top::Name,
+        b"eventSource" => Top::Source,
+        b"readOnly" => Top::ReadOnly,
+        b"eventCategory" => Top::Category,
+        b"userIdentity" => Top::Identity,
+        b"resources" => Top::Resources,
+        _ => Top::Other,
+    }
+}
+
+/// Read `record` for indexing; `values` receives its (lookup key, value hash) pairs.
+fn index_fields(
+    record: &[u8],
+    values: &mut Vec<(AttrKey, u64)>,
+) -> std::result::Result<IndexFields, String> {
+    values.clear();
+    let (mut id, mut time, mut insight) = (None, None, false);
+    let (mut user_name, mut session, mut read_only) = (None, None, false);
+    let mut j = Jiter::new(record);
+    let mut key = j.next_object_bytes().map_err(json_err)?.map(top_bytes);
+    while let Some(k) = key {
+        match k {
+            Top::Id => {
+                id = with_str(&mut j, |s| {
+                    (!s.is_empty()).then(|| postings::hash(s.as_bytes()))
+                })?
+                .flatten()
+            }
+            Top::Time => {
+                if let Some(t) = with_str(&mut j, |t| {
+                    segment::parse_time(t)
+                        .ok_or_else(|| format!("eventTime {t:?} is not YYYY-MM-DDTHH:MM:SSZ"))
+                })? {
+                    time = Some(t?);
+                }
+            }
+            Top::Name => values.extend(str_hash(&mut j)?.map(|h| (AttrKey::EventName, h))),
+            Top::Source => values.extend(str_hash(&mut j)?.map(|h| (AttrKey::EventSource, h))),
+            Top::Category => insight = with_str(&mut j, |c| c == "Insight")?.unwrap_or(false),
+            Top::ReadOnly => match j.peek().map_err(json_err)? {
+                p @ (Peek::True | Peek::False) => read_only = j.known_bool(p).map_err(json_err)?,
+                p => j.known_skip(p).map_err(json_err)?,
+            },
+            Top::Identity => {
+                if j.peek().map_err(json_err)? == Peek::Object {
+                    let mut ik = j.known_object().map_err(json_err)?.map(str::to_owned);
+                    while let Some(k) = ik {
+                        match k.as_str() {
+                            "userName" => user_name = Some(str_hash(&mut j)?),
+                            "arn" => {
+                                session = with_str(&mut j, |a| {
+                                    a.contains(":assumed-role/")
+                                        .then(|| a.rsplit('/').next())
+                                        .flatten()
+                                        .filter(|s| !s.is_empty())
+                                        .map(|s| postings::hash(s.as_bytes()))
+                                })?
+                                .flatten()
+                            }
+                            "accessKeyId" => {
+                                values.extend(str_hash(&mut j)?.map(|h| (AttrKey::AccessKeyId, h)))
+                            }
+                            _ => j.next_skip().map_err(json_err)?,
+                        }
+                        ik = j.next_key().map_err(json_err)?.map(str::to_owned);
+                    }
+                } else {
+                    j.next_skip().map_err(json_err)?;
+                }
+            }
+            Top::Resources => {
+                let p = j.peek().map_err(json_err)?;
+                if p == Peek::Array {
+                    let mut item = j.known_array().map_err(json_err)?;
+                    while let Some(p) = item {
+                        if p == Peek::Object {
+                            let mut rk = j.known_object().map_err(json_err)?.map(resource_key);
+                            while let Some(k) = rk {
+                                match k {
+                                    Some(key) => values.extend(str_hash(&mut j)?.map(|h| (key, h))),
+                                    None => j.next_skip().map_err(json_err)?,
+                                }
+                                rk = j.next_key().map_err(json_err)?.map(resource_key);
+                            }
+                        } else {
+                            j.known_skip(p).map_err(json_err)?;
+                        }
+                        item = j.array_step().map_err(json_err)?;
+                    }
+                } else {
+                    j.known_skip(p).map_err(json_err)?;
+                }
+            }
+            Top::Other => j.next_skip().map_err(json_err)?,
+        }
+        key = j.next_key_bytes().map_err(json_err)?.map(top_bytes);
+    }
+    let id_hash = id.ok_or("eventID is missing")?;
+    let time = time.ok_or("eventTime is missing")?;
+    let read_only: &[u8] = if read_only { b"true" } else { b"false" };
+    values.push((AttrKey::ReadOnly, postings::hash(read_only)));
+    // userName, else the session name of an assumed role ([`extract`]'s username)
+    if let Some(u) = user_name.flatten().or(session) {
+        values.push((AttrKey::Username, u));
+    }
+    let mut n = 0;
+    for i in 0..values.len() {
+        if !values[..n].contains(&values[i]) {
+            values[n] = values[i];
+            n += 1;
+        }
+    }
+    values.truncate(n);
+    Ok(IndexFields {
+        id_hash,
+        time_ms: time.saturating_mul(1000),
+        insight,
+    })
+}
+
+fn resource_key(k: &str) -> Option<AttrKey> {
+    match k {
+        "type" => Some(AttrKey::ResourceType),
+        "ARN" => Some(AttrKey::ResourceName),
+        _ => None,
+    }
 }
 
 /// One LookupEvents query. `after` is the cursor of the previous page (its last event's
@@ -1035,27 +1184,27 @@ fn insert_events(
     let mut ids = ahash::AHashSet::new();
     let mut posts: Vec<postings::Post> = Vec::new();
     // Take one event: its postings under `rid`; false when its eventID was indexed already.
+    let mut values = Vec::new();
     let mut take = |record: &[u8], rid: i64, posts: &mut Vec<postings::Post>| -> Result<bool> {
-        let f = extract(record).map_err(|m| {
+        let f = index_fields(record, &mut values).map_err(|m| {
             CoreError::Invalid(format!(
                 "event history {}: cannot index an event: {m}",
                 path.display()
             ))
         })?;
-        let id_hash = postings::hash(f.event_id.as_bytes());
-        if w.recent.set.contains(&id_hash) || !ids.insert(id_hash) {
+        if w.recent.set.contains(&f.id_hash) || !ids.insert(f.id_hash) {
             return Ok(false);
         }
         let post = |key: i64, hash: u64| postings::Post {
             key: postings::post_key(key, f.insight),
             hash,
-            time: f.event_time_ms,
+            time: f.time_ms,
             rid,
         };
         posts.push(post(postings::ALL, 0));
-        posts.push(post(postings::EVENT_ID, id_hash));
-        for (k, v) in f.attrs() {
-            posts.push(post(k as i64, postings::hash(v.as_bytes())));
+        posts.push(post(postings::EVENT_ID, f.id_hash));
+        for &(k, h) in &values {
+            posts.push(post(k as i64, h));
         }
         Ok(true)
     };
@@ -1553,6 +1702,29 @@ mod tests {
         assert_eq!(f.access_key_id.as_deref(), Some("AKIA9"));
         assert!(f.insight);
         assert!(extract(b"{\"eventTime\":\"2026-01-01T00:00:00Z\"}").is_err());
+    }
+
+    #[test]
+    fn index_fields_hash_what_extract_reads() {
+        let mut values = Vec::new();
+        for i in 0..40 {
+            let e = event(i);
+            let f = extract(e.as_bytes()).expect("extract");
+            let x = index_fields(e.as_bytes(), &mut values).expect("index fields");
+            assert_eq!(x.id_hash, postings::hash(f.event_id.as_bytes()));
+            assert_eq!((x.time_ms, x.insight), (f.event_time_ms, f.insight));
+            let mut want: Vec<(AttrKey, u64)> = f
+                .attrs()
+                .into_iter()
+                .map(|(k, v)| (k, postings::hash(v.as_bytes())))
+                .collect();
+            let mut got = values.clone();
+            want.sort_by_key(|(k, h)| (*k as i64, *h));
+            got.sort_by_key(|(k, h)| (*k as i64, *h));
+            assert_eq!(got, want, "event {i}");
+        }
+        assert!(index_fields(b"{\"eventTime\":\"2026-01-01T00:00:00Z\"}", &mut values).is_err());
+        assert!(index_fields(b"{\"eventID\":\"x\",\"eventTime\":\"soon\"}", &mut values).is_err());
     }
 
     #[test]

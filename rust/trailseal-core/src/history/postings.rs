@@ -18,7 +18,7 @@
 //!   key = lookup attribute << 1 | insight (attribute 0: every event, 8: EventId, else
 //!   [`super::AttrKey`]); bucket = the top `bits` bits of the value's hash (0 when bits = 0).
 //!   data: 24-byte entries (hash u64, event_time i64, rid i64, little-endian), sorted by hash
-//!   ascending, then (event_time, rid) descending.
+//!   ascending, then event_time descending.
 //! ```
 //! A value's hash is xxh3-64 of its UTF-8 bytes (a stable, specified function): a lookup checks
 //! the record it reads, so a hash collision costs a read, never a wrong result.
@@ -105,6 +105,13 @@ fn bucket(hash: u64, bits: u32) -> i64 {
     }
 }
 
+/// A posting's order within its key: hash ascending, then event_time descending (events of one
+/// millisecond in any order).
+fn order(p: &Post) -> u128 {
+    let time_up = (p.time as u64) ^ (1 << 63);
+    (u128::from(p.hash) << 64) | u128::from(!time_up)
+}
+
 fn entry(data: &[u8], i: usize) -> (u64, i64, i64) {
     let e = &data[i * ENTRY..(i + 1) * ENTRY];
     let word = |k: usize| {
@@ -166,11 +173,7 @@ fn write_posts(
     let fail = |e| db_err(path, "write postings", e);
     // A bucket is the top bits of the hash: (key, hash) order is (key, bucket) order too. A
     // stable sort finds the sorted runs a merge concatenates and merges them.
-    posts.sort_by(|a, b| {
-        (a.key, a.hash)
-            .cmp(&(b.key, b.hash))
-            .then_with(|| (b.time, b.rid).cmp(&(a.time, a.rid)))
-    });
+    posts.sort_by_key(|p| (p.key, order(p)));
     let mut ins = conn
         .prepare_cached("INSERT INTO posts(bid, key, bucket, data) VALUES(?1, ?2, ?3, ?4)")
         .map_err(fail)?;
@@ -338,8 +341,8 @@ pub fn delete_block(conn: &Connection, path: &Path, b: &Block) -> Result<()> {
 }
 
 /// Call `f(hash, time, rid)` for each posting of `key` in block `b` whose hash is `hash` (every
-/// posting of the block's buckets for `key` when `hash` is None), newest first per hash; `f`
-/// returns false to stop.
+/// posting of the block's buckets for `key` when `hash` is None), newest first per hash (events
+/// of one millisecond in any order); `f` returns false to stop.
 fn each_post(
     conn: &Connection,
     path: &Path,
@@ -439,7 +442,9 @@ pub fn scan(
             }
             if best.len() >= want {
                 match best.peek() {
-                    Some(Reverse(m)) if (t, r) <= *m => return false,
+                    // older than the oldest kept: so is the rest of this hash's run
+                    Some(Reverse(m)) if t < m.0 => return false,
+                    Some(Reverse(m)) if (t, r) <= *m => return true,
                     _ => {
                         best.pop();
                     }
