@@ -27,6 +27,7 @@ from trailseal.api.lookup import ATTRIBUTE_KEYS
 
 EVENTS = int(os.environ.get("HISTORY_BENCH_EVENTS", "1000000"))
 BATCH = 10_000
+COMMIT = 1_000
 QUERIES_PER_KEY = 200
 
 
@@ -45,10 +46,13 @@ def indexed() -> Iterator[tuple[_core.History, dict[str, Any], list[dict[str, An
             lines = synthetic.events(min(BATCH, EVENTS - start), seed=1000 + start)
             for line in rng.sample(lines, 3):
                 samples.append(json.loads(line))
-            data = b"\n".join(lines) + b"\n"
             t = time.perf_counter()
-            core.process(data, [(len(data), "bench", None, 0)])
-            core.sync()
+            # group commits of the daemon's size under load: spool frames of ~1 MiB, which the
+            # history keeps as they are
+            for i in range(0, len(lines), COMMIT):
+                data = b"\n".join(lines[i : i + COMMIT]) + b"\n"
+                core.process(data, [(len(data), "bench", None, 0)])
+                core.sync()
             ingest_s += time.perf_counter() - t
             t = time.perf_counter()
             while history.index_spool(str(spool), 1_000_000).more:
