@@ -486,9 +486,10 @@ struct RecentIds {
     order: std::collections::VecDeque<u64>,
 }
 
-/// How many recent eventIDs the writer remembers (~26 MB). The same event reaches every trail's
-/// spool in the same batch, so its copies are indexed well within this window.
-const RECENT_IDS: usize = 1 << 20;
+/// How many recent eventIDs the writer remembers (~13 MB). The same event reaches every trail's
+/// spool in the same batch, and [`History::index_spool`] indexes the trails side by side, so
+/// its copies are indexed well within this window.
+const RECENT_IDS: usize = 1 << 19;
 
 impl RecentIds {
     /// Remember `h`; false when it was there already.
@@ -717,17 +718,22 @@ impl History {
             }
         }
         trails.sort();
+        // Every trail gets its share of the budget, so that a lagging history indexes the
+        // trails side by side: an event routed to several trails is then met again soon, within
+        // the window of eventIDs the writer remembers.
+        let share = max_events.div_ceil(trails.len().max(1) as u64).max(1);
         for trail in trails {
             let dir = spool_dir.join(&trail);
             let sources = list_sources(&dir)?;
             let present: HashSet<u64> = sources.keys().copied().collect();
+            let mut taken = 0;
             for (seq, source) in sources {
-                if report.events >= max_events {
+                if taken >= share {
                     report.more = true;
-                    return Ok(report);
+                    break;
                 }
-                let budget = max_events - report.events;
-                let r = w.index_file(&self.path, &trail, seq, &source, budget)?;
+                let r = w.index_file(&self.path, &trail, seq, &source, share - taken)?;
+                taken += r.events;
                 report.events += r.events;
                 report.inserted += r.inserted;
                 report.more |= r.more;
@@ -1778,6 +1784,28 @@ mod tests {
             .expect("index");
         assert_eq!(h.count().expect("count"), 170);
         assert!(!h.covered("main", main.seq).expect("covered"));
+    }
+
+    #[test]
+    fn lagging_trails_are_indexed_side_by_side() {
+        let dir = temp("history-share");
+        let mut cfg = SpoolConfig::new(dir.0.join("spool"), vec![], "111122223333", "us-east-1");
+        cfg.trails = vec![spec("a"), spec("b")];
+        let mut spool = Spool::open(cfg).expect("open spool");
+        let h = History::open(&dir.0.join("history.db")).expect("open history");
+        for step in 0..10 {
+            feed(&mut spool, step * 10..step * 10 + 10);
+        }
+        // a budget of 20 events (two frames of 9 or 10): one frame from each trail, so trail b's
+        // copies of trail a's events are met at once, not after all of trail a
+        let r = h.index_spool(&dir.0.join("spool"), 20).expect("index");
+        assert!(r.more);
+        let w = h.writer().expect("writer");
+        let trails: HashSet<&str> = w.progress.keys().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(trails, HashSet::from(["a", "b"]));
+        drop(w);
+        while h.index_spool(&dir.0.join("spool"), 20).expect("index").more {}
+        assert_eq!(h.count().expect("count"), 100);
     }
 
     #[test]
