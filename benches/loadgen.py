@@ -5,14 +5,17 @@
 1. Pre-generates ``N`` seeded synthetic events (``trailseal.synthetic``) and pre-encodes them into
    per-connection chunks of whole lines (``--chunk-bytes``, default 256 KiB).
 2. Writes a config into a temporary directory (defaults otherwise: ``seal_after_bytes`` 64 MiB,
-   the API disabled, TCP on a free 127.0.0.1 port, a ``file://`` destination beside it) and starts
+   the API only with the history on (for ``/metrics``), TCP on a free 127.0.0.1 port, a
+   ``file://`` destination beside it) and starts
    ``trailseal serve --config …`` as a subprocess (``--cores 1``: under ``taskset -c 0``, and the
    load generator pins itself to the same core).
 3. Pushes the chunks from ``K`` connections (unix socket, or TCP with ``--tcp``), one sender and
    one ack-reader thread each, at most ``--window-bytes`` unacknowledged per connection, and
    waits until every line is acknowledged. Ack latency per chunk = time from ``sendall`` of the
    chunk returning to the ``{"ack":N}`` that covers its last line.
-4. Samples the daemon's peak RSS (VmHWM in ``/proc/<pid>/status``), sends SIGTERM, waits for the
+4. Samples the daemon's peak RSS (VmHWM in ``/proc/<pid>/status``); with the history on, reads
+   how many events it has not indexed yet at the last ack (``history_behind_at_last_ack``, from
+   ``/metrics``) and waits until it has them all (``history_catchup_s``); sends SIGTERM, waits for the
    graceful shutdown (seal + deliver), and reads the delivered ``.json.zst`` log files: the
    compression ratio is their uncompressed/compressed size and the delivered event count is
    checked against ``N``.
@@ -52,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -347,11 +351,15 @@ HISTORY_ENABLED = True
 
 
 def write_config(
-    root: Path, *, tcp_port: int, trails: Mapping[str, Mapping[str, object]] | None = None
+    root: Path,
+    *,
+    tcp_port: int,
+    api_port: int | None = None,
+    trails: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Path:
-    """The benchmark's config: FORMATS.md §9 defaults except the paths, ports and the API;
-    ``trails`` (default: one ``file://`` trail "default" delivering to ``root/bucket``);
-    ``[history] enabled`` from :data:`HISTORY_ENABLED`."""
+    """The benchmark's config: FORMATS.md §9 defaults except the paths, ports and the API (off
+    unless ``api_port``); ``trails`` (default: one ``file://`` trail "default" delivering to
+    ``root/bucket``); ``[history] enabled`` from :data:`HISTORY_ENABLED`."""
     data_dir = root / "data"
     config = root / "trailseal.toml"
     if trails is None:
@@ -370,7 +378,7 @@ unix_socket = "{root / "ingest.sock"}"
 tcp_listen = "127.0.0.1:{tcp_port}"
 
 [api]
-listen = ""
+listen = "{f"127.0.0.1:{api_port}" if api_port else ""}"
 
 [history]
 enabled = {"true" if HISTORY_ENABLED else "false"}
@@ -422,7 +430,9 @@ class Daemon:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
-        self.config = write_config(root, tcp_port=tcp_port, trails=trails)
+        # the API serves /metrics, where the history's progress is read
+        self.api_port = free_tcp_port() if HISTORY_ENABLED else None
+        self.config = write_config(root, tcp_port=tcp_port, api_port=self.api_port, trails=trails)
         self.unix_socket = root / "ingest.sock"
         self.tcp = ("127.0.0.1", tcp_port)
         self.bucket = root / "bucket"
@@ -489,6 +499,30 @@ class Daemon:
                             f"its log ({self.log_path}) ends:\n{self.log_tail()}"
                         ) from None
                     time.sleep(0.05)
+
+    def history_indexed(self) -> int | None:
+        """Events the daemon's history has indexed since it started (None: no history/API)."""
+        if self.api_port is None:
+            return None
+        url = f"http://127.0.0.1:{self.api_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("trailseal_history_indexed_events "):
+                    return int(float(line.split()[1]))
+        return None
+
+    def wait_history(self, events: int, timeout: float) -> float | None:
+        """Seconds until the history has indexed ``events`` (None: no history, or not within
+        ``timeout``)."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            n = self.history_indexed()
+            if n is None:
+                return None
+            if n >= events:
+                return time.perf_counter() - start
+            time.sleep(0.02)
+        return None
 
     def stop(self, timeout: float = 300.0) -> int:
         """SIGTERM, wait for the graceful shutdown; kill it when it overruns ``timeout``."""
@@ -689,6 +723,10 @@ def daemon_phase(
         cpu_after = read_cpu_seconds(d.proc.pid)
         rss_before_stop = read_vm_hwm_kib(d.proc.pid) or 0
         acked_at = time.perf_counter()
+        # how far the event history is behind at the last ack, and how long it takes to have
+        # every event (ingest has stopped: it runs on the whole machine then)
+        indexed_at_ack = d.history_indexed()
+        history_catchup_s = d.wait_history(len(lines), timeout=120.0)
         status = d.stop()
         drain_s = time.perf_counter() - acked_at
     if status != 0:
@@ -707,6 +745,16 @@ def daemon_phase(
         "ack_p99_ms": round(percentile(pushed.latencies, 99) * 1000, 2),
         "ack_max_ms": round(max(pushed.latencies, default=0.0) * 1000, 2),
         "drain_s": round(drain_s, 2),
+        **(
+            {
+                "history_behind_at_last_ack": len(lines) - indexed_at_ack,
+                "history_catchup_s": None
+                if history_catchup_s is None
+                else round(history_catchup_s, 2),
+            }
+            if indexed_at_ack is not None
+            else {}
+        ),
         "peak_rss_mb": round(max(d.peak_rss_kib, rss_before_stop) / 1024, 1),
         "errors": len(pushed.errors),
         "daemon_exit": status,

@@ -289,6 +289,9 @@ class History:
     def poke(self) -> None:
         """Make the indexer thread look at the spool now."""
 
+    def indexed(self) -> int:
+        """Events the indexer thread added since it started (0 without one)."""
+
     def indexer_error(self) -> str | None:
         """Why the indexer thread's last attempt failed (None when it succeeded)."""
 

@@ -124,6 +124,11 @@ LAST_DELIVERY = Gauge(
     ["trail"],
     registry=REGISTRY,
 )
+HISTORY_INDEXED = Gauge(
+    "trailseal_history_indexed_events",
+    "Events the event history's indexer added since the daemon started",
+    registry=REGISTRY,
+)
 START_TIME = Gauge(
     "trailseal_start_time_seconds", "Unix time the daemon process started", registry=REGISTRY
 )

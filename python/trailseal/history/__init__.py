@@ -34,7 +34,7 @@ from pathlib import Path
 
 import trio
 
-from trailseal import _core
+from trailseal import _core, metrics
 from trailseal.config import HistoryConfig
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class EventHistory:
             str(self.spool_dir), poll_ms=int(POLL_SECS * 1000), batch=BATCH_EVENTS
         )
         lower_priority(tid)
+        metrics.HISTORY_INDEXED.set_function(self.core.indexed)
         task_status.started()
         try:
             while True:

@@ -575,6 +575,10 @@ impl History {
         Ok(())
     }
 
+    fn indexed(&self) -> PyResult<u64> {
+        Ok(self.indexer()?.as_ref().map_or(0, |ix| ix.indexed()))
+    }
+
     fn indexer_error(&self) -> PyResult<Option<String>> {
         Ok(self.indexer()?.as_ref().and_then(|ix| ix.error()))
     }
