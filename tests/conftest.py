@@ -209,6 +209,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         trails: dict[str, dict[str, Any]] | None = None,
         tokens: dict[str, str] | None = None,
         api: dict[str, Any] | None = None,
+        history: dict[str, Any] | None = None,
         data_dir: Path | None = None,
         wait: bool = True,
         env: dict[str, str] | None = None,
@@ -243,6 +244,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
             + _toml_section("ingest", ingest_values)
             + (_toml_section("ingest.tokens", dict(tokens)) if tokens else "")
             + _toml_section("api", {"listen": "", **(api or {})})
+            + (_toml_section("history", history) if history else "")
             + "".join(
                 _toml_section(f"trails.{name}", values)
                 for name, values in (trails or {"default": trail_values}).items()

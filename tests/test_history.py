@@ -1,6 +1,7 @@
 """The event history's guarantees with the real daemon: every acknowledged event is findable by
 EventId after a kill -9 under load (sealing and delivery running, so the uploader's gate is
-exercised), and ``trailseal history rebuild`` restores it from the destination.
+exercised), ``trailseal history rebuild`` restores it from the destination, and
+``history_days`` keeps older events out of every lookup.
 """
 
 from __future__ import annotations
@@ -186,3 +187,35 @@ def test_a_damaged_history_does_not_stop_the_daemon(
     assert info.value.response["Error"]["Code"] == "OperationNotPermittedException"
     assert d.stop() == 0, d.stderr()
     assert list(d.bucket.rglob("*.json.zst"))
+
+
+def test_events_older_than_history_days_are_never_returned(
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    port = free_tcp_port()
+    d = start(daemon, port, history={"history_days": 1})
+    now = int(time.time())
+    ages = {"old": 3 * 86400, "edge": 86400 + 600, "fresh": 3600, "new": 60}
+    lines = []
+    for name, age in ages.items():
+        for i in range(20):
+            ev = {
+                "eventID": f"{name}-{i}",
+                "eventTime": iso(now - age),
+                "eventSource": "history.example.com",
+                "eventName": "GetThing",
+            }
+            lines.append(json.dumps(ev).encode() + b"\n")
+    with d.connect_unix() as sock:
+        sock.sendall(b"".join(lines))
+        sock.shutdown(1)
+        assert list(read_replies(sock))[-1] == {"ack": 80}
+    client = cloudtrail_client(d.config_path, endpoint_url=f"http://127.0.0.1:{port}")
+    want = {f"{name}-{i}" for name in ("fresh", "new") for i in range(20)}
+    wait_until(lambda: listed(client) >= want, timeout=30, what="the recent events indexed")
+    assert listed(client) == want
+    # asking for the old days explicitly does not bring them back, nor does their EventId
+    old = client.lookup_events(StartTime=now - 4 * 86400, EndTime=now - 86400)
+    assert old["Events"] == []
+    assert find_all(client, ["old-0", "edge-19", "new-0"]) == ["old-0", "edge-19"]
+    assert d.stop() == 0, d.stderr()
