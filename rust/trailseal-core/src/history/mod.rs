@@ -1128,57 +1128,22 @@ fn load_records(
     for (cid, rids) in by_chunk {
         let data: Option<Vec<u8>> = st.query_row([cid], |r| r.get(0)).optional().map_err(fail)?;
         let Some(data) = data else { continue };
-        let last = rids
-            .iter()
-            .map(|rid| (rid & ((1 << CHUNK_BITS) - 1)) as usize)
-            .max()
-            .unwrap_or(0);
-        let records = chunk_records(path, cid, &data, last)?;
+        let content = decompress_chunk(path, cid, &data)?;
+        let events = frame_events(&content, content.starts_with(HEADER)).map_err(|()| {
+            CoreError::Invalid(format!(
+                "event history {}: record chunk {cid} is not a piece of a log file (stop the \
+                 daemon and run `trailseal history rebuild`)",
+                path.display()
+            ))
+        })?;
         for rid in rids {
             let pos = (rid & ((1 << CHUNK_BITS) - 1)) as usize;
-            if let Some(record) = records.get(pos) {
+            if let Some(record) = events.get(pos) {
                 out.insert(rid, record.to_vec());
             }
         }
     }
     Ok(out)
-}
-
-/// The records of a stored chunk up to position `last` (fewer when it holds fewer),
-/// decompressing only as far as that: one line opens the chunk (the log header, or the `,` of
-/// a later frame), then each event is a line of its own ending in `,` (but the last).
-fn chunk_records(path: &Path, cid: i64, data: &[u8], last: usize) -> Result<Vec<Vec<u8>>> {
-    let bad = |what: String| {
-        CoreError::Invalid(format!(
-            "event history {}: record chunk {cid} {what} (stop the daemon and run `trailseal \
-             history rebuild`)",
-            path.display()
-        ))
-    };
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(data)
-        .map_err(|e| bad(format!("does not decompress: {e}")))?;
-    let mut content = Vec::new();
-    let mut piece = vec![0u8; 64 << 10];
-    let mut lines = 0;
-    while lines < last + 2 {
-        let n = match decoder.read(&mut piece) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(bad(format!("does not decompress: {e}"))),
-        };
-        lines += memchr::memchr_iter(b'\n', &piece[..n]).count();
-        content.extend_from_slice(&piece[..n]);
-    }
-    let mut split = content.split(|b| *b == b'\n');
-    let opening = split.next().unwrap_or_default();
-    if opening != &HEADER[..HEADER.len() - 1] && opening != &SEPARATOR[..1] {
-        return Err(bad("is not a piece of a log file".into()));
-    }
-    Ok(split
-        .take(last + 1)
-        .map(|line| line.strip_suffix(b",").unwrap_or(line).to_vec())
-        .collect())
 }
 
 /// Events to index, as found.
