@@ -898,6 +898,8 @@ struct IndexerShared {
 #[derive(Default)]
 struct IndexerState {
     poked: bool,
+    /// When the last poke came (a group commit: ingest is running).
+    last_poke: Option<std::time::Instant>,
     stop: bool,
     error: Option<String>,
     indexed: u64,
@@ -941,6 +943,7 @@ impl Indexer {
     pub fn poke(&self) {
         if let Ok(mut st) = self.shared.state.lock() {
             st.poked = true;
+            st.last_poke = Some(std::time::Instant::now());
             self.shared.wake.notify_all();
         }
     }
@@ -977,6 +980,11 @@ impl Drop for Indexer {
     }
 }
 
+/// The share of its time the indexer works while ingest runs (see [`BUSY_WINDOW`]).
+const BUSY_SHARE: f64 = 0.3;
+/// Ingest counts as running when a group commit poked the indexer this recently.
+const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn indexer_loop(
     history: &History,
     spool_dir: &Path,
@@ -986,13 +994,25 @@ fn indexer_loop(
 ) {
     loop {
         let r = loop {
+            let began = std::time::Instant::now();
             match history.index_spool(spool_dir, batch) {
                 Ok(r) if r.more => {
-                    if let Ok(mut st) = shared.state.lock() {
-                        st.indexed += r.inserted;
-                        if st.stop {
-                            return;
-                        }
+                    let Ok(mut st) = shared.state.lock() else {
+                        return;
+                    };
+                    st.indexed += r.inserted;
+                    // While ingest runs, take at most BUSY_SHARE of the time: an idle-priority
+                    // thread still slows ingest (caches, memory bandwidth, the host's CPU).
+                    let busy = st.last_poke.is_some_and(|t| t.elapsed() < BUSY_WINDOW);
+                    if busy && !st.stop {
+                        let pause = began.elapsed().mul_f64(1.0 / BUSY_SHARE - 1.0);
+                        st = match shared.wake.wait_timeout_while(st, pause, |st| !st.stop) {
+                            Ok((g, _)) => g,
+                            Err(_) => return,
+                        };
+                    }
+                    if st.stop {
+                        return;
                     }
                 }
                 other => break other,
