@@ -1224,9 +1224,14 @@ fn clip(s: &str) -> String {
 /// The first 8 bytes of `key`, zero-padded, as a big-endian number: when two prefixes differ,
 /// they order as the names' bytes do.
 fn key_prefix(key: &[u8]) -> u64 {
+    if let Some(head) = key.first_chunk::<8>() {
+        return u64::from_be_bytes(*head);
+    }
+    // shorter names byte by byte: a copy of variable length would be a call to memcpy
     let mut b = [0u8; 8];
-    let n = key.len().min(8);
-    b[..n].copy_from_slice(&key[..n]);
+    for (to, from) in b.iter_mut().zip(key) {
+        *to = *from;
+    }
     u64::from_be_bytes(b)
 }
 
