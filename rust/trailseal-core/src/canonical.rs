@@ -819,7 +819,9 @@ fn close_object<'b>(
 /// are spans of the input (the whole text is checked to be UTF-8 first), numbers go through the
 /// same [`number`].
 mod fast {
-    use super::{close_object, key_prefix, number, Member, Node, Scratch, Span, MAX_DEPTH};
+    use super::{
+        close_object, is_high, key_prefix, number, Member, Node, Scratch, Span, MAX_DEPTH,
+    };
 
     /// The fast path does not handle this input (see the module docs).
     pub(super) struct Bail;
@@ -1085,7 +1087,7 @@ mod fast {
                     } else {
                         &self.input[r]
                     };
-                    key.high = name.iter().any(|&b| b >= 0xEE);
+                    key.high = is_high(name);
                     let prefix = key_prefix(name);
                     self.ws();
                     if self.peek()? != b':' {
@@ -1235,10 +1237,16 @@ fn key_prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// Whether a name holds a character ≥ U+E000 (a UTF-8 byte ≥ 0xEE); ASCII names (nearly all)
+/// are ruled out a word at a time.
+fn is_high(name: &[u8]) -> bool {
+    !name.is_ascii() && name.iter().any(|&b| b >= 0xEE)
+}
+
 /// [`intern`] for a member name, noting whether it holds a character ≥ U+E000.
 fn intern_key(input: &[u8], arena: &mut Vec<u8>, s: &[u8]) -> Span {
     let mut span = intern(input, arena, s);
-    span.high = s.iter().any(|&b| b >= 0xEE);
+    span.high = is_high(s);
     span
 }
 
