@@ -760,6 +760,98 @@ impl Parser<'_, '_> {
     }
 }
 
+/// Most members of an object whose order [`OrderCache`] remembers.
+const ORDER_MAX: usize = 64;
+/// Slots of [`OrderCache`] (direct-mapped by a hash of the prefixes): a power of two.
+const ORDER_SLOTS: usize = 64;
+
+thread_local! {
+    static ORDERS: RefCell<OrderCache> = RefCell::new(OrderCache::default());
+}
+
+/// The canonical order of recently seen objects' members, by the sequence of their names'
+/// 8-byte prefixes in input order. When no name holds a character ≥ U+E000 and the prefixes all
+/// differ, the prefixes alone decide the order (and rule out a duplicate name), so an object
+/// whose prefix sequence equals a remembered one takes the remembered permutation instead of a
+/// sort. Events of one kind from one source repeat their member order, so most objects hit.
+#[derive(Debug)]
+struct OrderCache {
+    slots: Vec<OrderSlot>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct OrderSlot {
+    /// The members' prefixes in input order (all different).
+    prefixes: Vec<u64>,
+    /// `order[k]`: the input position of the k-th member in canonical order.
+    order: Vec<u8>,
+}
+
+impl Default for OrderCache {
+    fn default() -> Self {
+        OrderCache {
+            slots: vec![OrderSlot::default(); ORDER_SLOTS],
+        }
+    }
+}
+
+/// The [`OrderCache`] slot of an object's members, or None when the cache does not apply (fewer
+/// than 2 or more than [`ORDER_MAX`] members, or a name with a character ≥ U+E000).
+fn order_slot(mine: &[Member]) -> Option<usize> {
+    if !(2..=ORDER_MAX).contains(&mine.len()) {
+        return None;
+    }
+    let mut h = 0u64;
+    for m in mine {
+        if m.key.high {
+            return None;
+        }
+        h = (h ^ m.prefix).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    Some((h >> 58) as usize % ORDER_SLOTS)
+}
+
+impl OrderCache {
+    /// Append `mine` to `members` in the order remembered in `slot` and return true, when the
+    /// slot holds exactly `mine`'s prefix sequence; else append nothing and return false.
+    fn apply(&self, slot: usize, mine: &[Member], members: &mut Vec<Member>) -> bool {
+        let Some(s) = self.slots.get(slot) else {
+            return false;
+        };
+        if s.prefixes.len() != mine.len()
+            || s.order.len() != mine.len()
+            || !s.prefixes.iter().zip(mine).all(|(p, m)| *p == m.prefix)
+        {
+            return false;
+        }
+        members.extend(s.order.iter().map(|&i| mine[usize::from(i)]));
+        true
+    }
+
+    /// Remember the order of an object: `original` its prefixes in input order, `sorted` its
+    /// members in canonical order. Objects with two equal prefixes are not remembered.
+    fn remember(&mut self, slot: usize, original: &[u64], sorted: &[Member]) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        s.prefixes.clear();
+        s.order.clear();
+        if sorted.windows(2).any(|w| w[0].prefix == w[1].prefix) {
+            return;
+        }
+        for m in sorted {
+            match original.iter().position(|&p| p == m.prefix) {
+                Some(i) if i <= usize::from(u8::MAX) => s.order.push(i as u8),
+                _ => {
+                    s.order.clear();
+                    return;
+                }
+            }
+        }
+        s.prefixes.extend_from_slice(original);
+    }
+}
+
 /// Close the object node `id` whose members are `pending[base..]`: sort them by name (RFC 8785
 /// order), move them to `members` and fill in the node. Err is a duplicated member name (nothing
 /// is moved then).
@@ -780,7 +872,27 @@ fn close_object<'b>(
             &input[r]
         }
     };
+    let first = members.len() as u32;
+    let len = (pending.len() - base) as u32;
     let mine = &mut pending[base..];
+    let slot = order_slot(mine);
+    let hit =
+        slot.is_some_and(|slot| ORDERS.with(|cache| cache.borrow().apply(slot, mine, members)));
+    if hit {
+        pending.truncate(base);
+        nodes[id] = Node::Object {
+            first,
+            len,
+            end: nodes.len() as u32,
+        };
+        return Ok(());
+    }
+    let mut original = [0u64; ORDER_MAX];
+    if slot.is_some() {
+        for (o, m) in original.iter_mut().zip(mine.iter()) {
+            *o = m.prefix;
+        }
+    }
     mine.sort_unstable_by(|a, b| {
         if a.key.high && b.key.high {
             cmp_utf16(resolve(a.key), resolve(b.key))
@@ -797,8 +909,13 @@ fn close_object<'b>(
     {
         return Err(resolve(w[0].key));
     }
-    let first = members.len() as u32;
-    let len = (pending.len() - base) as u32;
+    if let Some(slot) = slot {
+        ORDERS.with(|cache| {
+            cache
+                .borrow_mut()
+                .remember(slot, &original[..mine.len()], mine)
+        });
+    }
     members.extend_from_slice(&pending[base..]);
     pending.truncate(base);
     nodes[id] = Node::Object {
