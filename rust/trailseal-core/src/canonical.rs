@@ -1013,6 +1013,7 @@ mod fast {
 
         /// The span of the string whose opening quote is at `pos`; `pos` moves past its end.
         /// Without escapes it is the span in the input, else the decoded text in the arena.
+        #[inline(always)]
         fn string(&mut self) -> R<Span> {
             let start = self.pos + 1;
             let end = scan_string(self.input, start);
