@@ -30,8 +30,9 @@
 //! anything else, which then goes through `jiter` from the start: the two build the same tree,
 //! and every error comes from the `jiter` path. Each object's
 //! members are sorted and checked for duplicates when the object closes, so writing the canonical
-//! bytes afterwards cannot fail and allocates nothing. The buffers live in a per-thread [`Scratch`]
-//! reused across calls.
+//! bytes afterwards cannot fail and allocates nothing (an object whose names' 8-byte prefixes, in
+//! input order, match a recently sorted one takes its order from a per-thread cache instead:
+//! `OrderCache`). The buffers live in a per-thread [`Scratch`] reused across calls.
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
