@@ -30,8 +30,9 @@
 //! anything else, which then goes through `jiter` from the start: the two build the same tree,
 //! and every error comes from the `jiter` path. Each object's
 //! members are sorted and checked for duplicates when the object closes, so writing the canonical
-//! bytes afterwards cannot fail and allocates nothing. The buffers live in a per-thread [`Scratch`]
-//! reused across calls.
+//! bytes afterwards cannot fail and allocates nothing (an object whose names' 8-byte prefixes, in
+//! input order, match a recently sorted one takes its order from a per-thread cache instead:
+//! `OrderCache`). The buffers live in a per-thread [`Scratch`] reused across calls.
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
@@ -189,6 +190,9 @@ pub enum Extra<'x> {
 #[derive(Debug)]
 pub struct Document<'a, 's> {
     input: &'a [u8],
+    /// `input` as text when the fast path checked all of it to be UTF-8: the strings of the
+    /// input are then sliced from it without checking them again.
+    text: Option<&'a str>,
     s: &'s Scratch,
 }
 
@@ -212,8 +216,14 @@ impl<'a, 's> Document<'a, 's> {
             )));
         }
         scratch.clear();
-        if try_fast && fast::parse(input, scratch).is_ok() {
-            return Ok(Document { input, s: scratch });
+        if try_fast {
+            if let Ok(text) = fast::parse(input, scratch) {
+                return Ok(Document {
+                    input,
+                    text: Some(text),
+                    s: scratch,
+                });
+            }
         }
         scratch.clear();
         let tape = std::mem::take(&mut scratch.tape);
@@ -228,7 +238,11 @@ impl<'a, 's> Document<'a, 's> {
         let result = parser.parse_document();
         scratch.tape = parser.jiter.into_tape();
         result?;
-        Ok(Document { input, s: scratch })
+        Ok(Document {
+            input,
+            text: None,
+            s: scratch,
+        })
     }
 
     /// The top-level value.
@@ -257,8 +271,16 @@ impl<'a, 's> Document<'a, 's> {
 
     /// The decoded text of a string value, else None.
     pub fn as_str(&self, id: NodeId) -> Option<&str> {
-        self.as_str_bytes(id)
-            .and_then(|b| std::str::from_utf8(b).ok())
+        let Node::String(span) = self.s.nodes[id] else {
+            return None;
+        };
+        match self.text {
+            // a string of the input stands between two ASCII quotes: char boundaries
+            Some(text) if !span.in_arena => {
+                text.get(span.start as usize..(span.start + span.len) as usize)
+            }
+            _ => simdutf8::basic::from_utf8(self.span(span)).ok(),
+        }
     }
 
     pub fn as_bool(&self, id: NodeId) -> Option<bool> {
@@ -739,6 +761,98 @@ impl Parser<'_, '_> {
     }
 }
 
+/// Most members of an object whose order [`OrderCache`] remembers.
+const ORDER_MAX: usize = 64;
+/// Slots of [`OrderCache`] (direct-mapped by a hash of the prefixes): a power of two.
+const ORDER_SLOTS: usize = 64;
+
+thread_local! {
+    static ORDERS: RefCell<OrderCache> = RefCell::new(OrderCache::default());
+}
+
+/// The canonical order of recently seen objects' members, by the sequence of their names'
+/// 8-byte prefixes in input order. When no name holds a character ≥ U+E000 and the prefixes all
+/// differ, the prefixes alone decide the order (and rule out a duplicate name), so an object
+/// whose prefix sequence equals a remembered one takes the remembered permutation instead of a
+/// sort. Events of one kind from one source repeat their member order, so most objects hit.
+#[derive(Debug)]
+struct OrderCache {
+    slots: Vec<OrderSlot>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct OrderSlot {
+    /// The members' prefixes in input order (all different).
+    prefixes: Vec<u64>,
+    /// `order[k]`: the input position of the k-th member in canonical order.
+    order: Vec<u8>,
+}
+
+impl Default for OrderCache {
+    fn default() -> Self {
+        OrderCache {
+            slots: vec![OrderSlot::default(); ORDER_SLOTS],
+        }
+    }
+}
+
+/// The [`OrderCache`] slot of an object's members, or None when the cache does not apply (fewer
+/// than 2 or more than [`ORDER_MAX`] members, or a name with a character ≥ U+E000).
+fn order_slot(mine: &[Member]) -> Option<usize> {
+    if !(2..=ORDER_MAX).contains(&mine.len()) {
+        return None;
+    }
+    let mut h = 0u64;
+    for m in mine {
+        if m.key.high {
+            return None;
+        }
+        h = (h ^ m.prefix).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    Some((h >> 58) as usize % ORDER_SLOTS)
+}
+
+impl OrderCache {
+    /// Append `mine` to `members` in the order remembered in `slot` and return true, when the
+    /// slot holds exactly `mine`'s prefix sequence; else append nothing and return false.
+    fn apply(&self, slot: usize, mine: &[Member], members: &mut Vec<Member>) -> bool {
+        let Some(s) = self.slots.get(slot) else {
+            return false;
+        };
+        if s.prefixes.len() != mine.len()
+            || s.order.len() != mine.len()
+            || !s.prefixes.iter().zip(mine).all(|(p, m)| *p == m.prefix)
+        {
+            return false;
+        }
+        members.extend(s.order.iter().map(|&i| mine[usize::from(i)]));
+        true
+    }
+
+    /// Remember the order of an object: `original` its prefixes in input order, `sorted` its
+    /// members in canonical order. Objects with two equal prefixes are not remembered.
+    fn remember(&mut self, slot: usize, original: &[u64], sorted: &[Member]) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        s.prefixes.clear();
+        s.order.clear();
+        if sorted.windows(2).any(|w| w[0].prefix == w[1].prefix) {
+            return;
+        }
+        for m in sorted {
+            match original.iter().position(|&p| p == m.prefix) {
+                Some(i) if i <= usize::from(u8::MAX) => s.order.push(i as u8),
+                _ => {
+                    s.order.clear();
+                    return;
+                }
+            }
+        }
+        s.prefixes.extend_from_slice(original);
+    }
+}
+
 /// Close the object node `id` whose members are `pending[base..]`: sort them by name (RFC 8785
 /// order), move them to `members` and fill in the node. Err is a duplicated member name (nothing
 /// is moved then).
@@ -759,7 +873,27 @@ fn close_object<'b>(
             &input[r]
         }
     };
+    let first = members.len() as u32;
+    let len = (pending.len() - base) as u32;
     let mine = &mut pending[base..];
+    let slot = order_slot(mine);
+    let hit =
+        slot.is_some_and(|slot| ORDERS.with(|cache| cache.borrow().apply(slot, mine, members)));
+    if hit {
+        pending.truncate(base);
+        nodes[id] = Node::Object {
+            first,
+            len,
+            end: nodes.len() as u32,
+        };
+        return Ok(());
+    }
+    let mut original = [0u64; ORDER_MAX];
+    if slot.is_some() {
+        for (o, m) in original.iter_mut().zip(mine.iter()) {
+            *o = m.prefix;
+        }
+    }
     mine.sort_unstable_by(|a, b| {
         if a.key.high && b.key.high {
             cmp_utf16(resolve(a.key), resolve(b.key))
@@ -776,8 +910,13 @@ fn close_object<'b>(
     {
         return Err(resolve(w[0].key));
     }
-    let first = members.len() as u32;
-    let len = (pending.len() - base) as u32;
+    if let Some(slot) = slot {
+        ORDERS.with(|cache| {
+            cache
+                .borrow_mut()
+                .remember(slot, &original[..mine.len()], mine)
+        });
+    }
     members.extend_from_slice(&pending[base..]);
     pending.truncate(base);
     nodes[id] = Node::Object {
@@ -798,20 +937,24 @@ fn close_object<'b>(
 /// are spans of the input (the whole text is checked to be UTF-8 first), numbers go through the
 /// same [`number`].
 mod fast {
-    use super::{close_object, key_prefix, number, Member, Node, Scratch, Span, MAX_DEPTH};
+    use super::{
+        close_object, is_high, key_prefix, number, Member, Node, Scratch, Span, MAX_DEPTH,
+    };
 
     /// The fast path does not handle this input (see the module docs).
     pub(super) struct Bail;
 
     type R<T> = Result<T, Bail>;
 
-    /// Parse `input` into `s` (cleared by the caller), or Bail (leaving `s` to be cleared).
-    pub(super) fn parse(input: &[u8], s: &mut Scratch) -> R<()> {
+    /// Parse `input` into `s` (cleared by the caller) and return it as text, or Bail (leaving
+    /// `s` to be cleared).
+    pub(super) fn parse<'a>(input: &'a [u8], s: &mut Scratch) -> R<&'a str> {
         // one check of the whole text is cheaper than one per string (a string's ends are ASCII
-        // quotes, so every string of valid UTF-8 is valid UTF-8)
-        if std::str::from_utf8(input).is_err() {
+        // quotes, so every string of valid UTF-8 is valid UTF-8); simdutf8 checks 32 or 64 bytes
+        // per step where core's check goes a word at a time
+        let Ok(text) = simdutf8::basic::from_utf8(input) else {
             return Err(Bail);
-        }
+        };
         let mut p = Fast {
             input,
             pos: 0,
@@ -824,7 +967,7 @@ mod fast {
         p.value(0)?;
         p.ws();
         if p.pos == input.len() {
-            Ok(())
+            Ok(text)
         } else {
             Err(Bail)
         }
@@ -871,6 +1014,7 @@ mod fast {
 
         /// The span of the string whose opening quote is at `pos`; `pos` moves past its end.
         /// Without escapes it is the span in the input, else the decoded text in the arena.
+        #[inline(always)]
         fn string(&mut self) -> R<Span> {
             let start = self.pos + 1;
             let end = scan_string(self.input, start);
@@ -1062,7 +1206,7 @@ mod fast {
                     } else {
                         &self.input[r]
                     };
-                    key.high = name.iter().any(|&b| b >= 0xEE);
+                    key.high = is_high(name);
                     let prefix = key_prefix(name);
                     self.ws();
                     if self.peek()? != b':' {
@@ -1201,16 +1345,27 @@ fn clip(s: &str) -> String {
 /// The first 8 bytes of `key`, zero-padded, as a big-endian number: when two prefixes differ,
 /// they order as the names' bytes do.
 fn key_prefix(key: &[u8]) -> u64 {
+    if let Some(head) = key.first_chunk::<8>() {
+        return u64::from_be_bytes(*head);
+    }
+    // shorter names byte by byte: a copy of variable length would be a call to memcpy
     let mut b = [0u8; 8];
-    let n = key.len().min(8);
-    b[..n].copy_from_slice(&key[..n]);
+    for (to, from) in b.iter_mut().zip(key) {
+        *to = *from;
+    }
     u64::from_be_bytes(b)
+}
+
+/// Whether a name holds a character ≥ U+E000 (a UTF-8 byte ≥ 0xEE); ASCII names (nearly all)
+/// are ruled out a word at a time.
+fn is_high(name: &[u8]) -> bool {
+    !name.is_ascii() && name.iter().any(|&b| b >= 0xEE)
 }
 
 /// [`intern`] for a member name, noting whether it holds a character ≥ U+E000.
 fn intern_key(input: &[u8], arena: &mut Vec<u8>, s: &[u8]) -> Span {
     let mut span = intern(input, arena, s);
-    span.high = s.iter().any(|&b| b >= 0xEE);
+    span.high = is_high(s);
     span
 }
 

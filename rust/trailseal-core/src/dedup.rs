@@ -30,13 +30,14 @@ pub struct Dedup {
 }
 
 fn escape(id: &str, out: &mut Vec<u8>) {
-    for b in id.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            _ => out.push(b),
-        }
+    let mut rest = id.as_bytes();
+    // the text up to each `\` or newline in one piece (an ID rarely holds either)
+    while let Some(i) = memchr::memchr2(b'\\', b'\n', rest) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(if rest[i] == b'\\' { b"\\\\" } else { b"\\n" });
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'\n');
 }
 
@@ -109,11 +110,11 @@ impl Dedup {
         if self.capacity == 0 {
             return true;
         }
-        if self.set.contains(id) {
+        // one lookup for a new ID (the common case); a duplicate costs a wasted allocation
+        let id: Arc<str> = Arc::from(id);
+        if !self.set.insert(id.clone()) {
             return false;
         }
-        let id: Arc<str> = Arc::from(id);
-        self.set.insert(id.clone());
         self.fifo.push_back(id);
         while self.fifo.len() > self.capacity {
             if let Some(old) = self.fifo.pop_front() {

@@ -792,7 +792,7 @@ fn route(trails: &[Trail], home_region: &str, event: &EventMeta, out: &mut Vec<u
         let i = mask.trailing_zeros() as usize;
         mask &= mask - 1;
         if let Some(t) = trails.get(i) {
-            if t.logging && (t.multi_region || event.region == home_region) {
+            if t.logging && (t.multi_region || event.region == *home_region) {
                 out.push(i);
             }
         }
@@ -980,15 +980,19 @@ impl Sequencer<'_> {
                 };
                 let found = self.streams.iter().position(|s| {
                     s.trail == ti
-                        && s.account == meta.account
-                        && s.region == meta.region
+                        && meta.account == *s.account
+                        && meta.region == *s.region
                         && s.insight == meta.insight
                 });
                 let si = match found {
                     Some(si) => si,
                     None => {
                         let trail = &self.trails[ti];
-                        let key = (meta.account.clone(), meta.region.clone(), meta.insight);
+                        let key = (
+                            meta.account.as_str().to_string(),
+                            meta.region.as_str().to_string(),
+                            meta.insight,
+                        );
                         let (mut batch, hasher) = match trail.open.get(&key) {
                             Some(seg) => (Batch::new(seg.chain_end, false), seg.hasher()),
                             None => (Batch::new(trail.chain_head(&key), true), Sha256::new()),
