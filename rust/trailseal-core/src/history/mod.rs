@@ -486,10 +486,10 @@ struct RecentIds {
     order: std::collections::VecDeque<u64>,
 }
 
-/// How many recent eventIDs the writer remembers (~13 MB). The same event reaches every trail's
+/// How many recent eventIDs the writer remembers (~6 MB). The same event reaches every trail's
 /// spool in the same batch, and [`History::index_spool`] indexes the trails side by side, so
 /// its copies are indexed well within this window.
-const RECENT_IDS: usize = 1 << 19;
+const RECENT_IDS: usize = 1 << 18;
 
 impl RecentIds {
     /// Remember `h`; false when it was there already.

@@ -39,7 +39,7 @@ pub const EVENT_ID: i64 = 8;
 /// Blocks merged into one.
 pub const FANOUT: usize = 8;
 /// A merge that would exceed this many events is not made: those blocks stay as they are.
-pub const MAX_MERGED_EVENTS: i64 = 1 << 18;
+pub const MAX_MERGED_EVENTS: i64 = 1 << 16;
 /// The level of a block that is never merged again.
 pub const FINAL_LEVEL: i64 = 1_000;
 /// Entries per bucket a block aims at for a key whose values are all distinct (an eventID).
