@@ -15,8 +15,8 @@
    chunk returning to the ``{"ack":N}`` that covers its last line.
 4. Samples the daemon's peak RSS (VmHWM in ``/proc/<pid>/status``); with the history on, reads
    how many events it has not indexed yet at the last ack (``history_behind_at_last_ack``, from
-   ``/metrics``) and waits until it has them all (``history_catchup_s``); sends SIGTERM, waits for the
-   graceful shutdown (seal + deliver), and reads the delivered ``.json.zst`` log files: the
+   ``/metrics``) and waits until it has them all (``history_catchup_s``); sends SIGTERM, waits
+   for the graceful shutdown (seal + deliver), and reads the delivered ``.json.zst`` log files: the
    compression ratio is their uncompressed/compressed size and the delivered event count is
    checked against ``N``.
 5. On the same events, in the same process: the naive Python pipeline (naive_pipeline.py) and
