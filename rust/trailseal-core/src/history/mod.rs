@@ -151,171 +151,181 @@ impl EventFields {
                 out.push((AttrKey::ResourceName, a));
             }
         }
-        // a handful of entries: a linear scan beats hashing them
-        let mut distinct: Vec<(AttrKey, &str)> = Vec::with_capacity(out.len());
-        for x in out {
-            if !distinct.contains(&x) {
-                distinct.push(x);
-            }
-        }
-        distinct
+        keep_distinct(&mut out);
+        out
     }
+}
+
+/// Drop repeated entries of a short list, keeping the first of each (a handful of entries: a
+/// linear scan beats hashing them).
+fn keep_distinct<T: PartialEq + Copy>(v: &mut Vec<T>) {
+    let mut n = 0;
+    for i in 0..v.len() {
+        if !v[..n].contains(&v[i]) {
+            v[n] = v[i];
+            n += 1;
+        }
+    }
+    v.truncate(n);
 }
 
 fn json_err(e: jiter::JiterError) -> String {
     format!("not valid JSON: {e}")
 }
 
-/// A string member's value, or None (and skipped) when it is not a string.
-fn opt_str(j: &mut Jiter<'_>) -> std::result::Result<Option<String>, String> {
-    match j.peek().map_err(json_err)? {
-        Peek::String => Ok(Some(j.known_str().map_err(json_err)?.to_owned())),
-        p => {
-            j.known_skip(p).map_err(json_err)?;
-            Ok(None)
-        }
-    }
-}
-
-enum Top {
+/// A lookup field met while walking a canonical record, reported with its string value
+/// (readOnly as "true" or "false"); a member of another type is skipped, as LookupEvents
+/// ignores it.
+#[derive(Clone, Copy)]
+enum Field {
     Id,
     Time,
     Name,
     Source,
-    ReadOnly,
     Category,
-    Identity,
-    Resources,
-    Other,
+    ReadOnly,
+    UserName,
+    Arn,
+    AccessKeyId,
+    /// A new entry (an object) of `resources` (value ""): its type and ARN follow.
+    Resource,
+    ResourceType,
+    ResourceArn,
 }
 
-fn top(k: &str) -> Top {
-    top_bytes(k.as_bytes())
+type Visit<'f> = dyn FnMut(Field, &str) -> std::result::Result<(), String> + 'f;
+
+/// Report the string value at `j` as `field` (skip it when it is not a string).
+fn string_member(
+    j: &mut Jiter<'_>,
+    visit: &mut Visit<'_>,
+    field: Field,
+) -> std::result::Result<(), String> {
+    match j.peek().map_err(json_err)? {
+        Peek::String => visit(field, j.known_str().map_err(json_err)?),
+        p => j.known_skip(p).map_err(json_err),
+    }
+}
+
+/// Walk one canonical record (FORMATS.md §1 defaults filled in), reporting its lookup fields to
+/// `visit`: the one reading behind [`extract`] (lookups) and [`index_fields`] (indexing). Keys are
+/// matched as they are written (a canonical record escapes none of these names).
+fn walk(record: &[u8], visit: &mut Visit<'_>) -> std::result::Result<(), String> {
+    let mut j = Jiter::new(record);
+    let mut key = j.next_object_bytes().map_err(json_err)?.map(<[u8]>::to_vec);
+    while let Some(k) = key {
+        match k.as_slice() {
+            b"eventID" => string_member(&mut j, visit, Field::Id)?,
+            b"eventTime" => string_member(&mut j, visit, Field::Time)?,
+            b"eventName" => string_member(&mut j, visit, Field::Name)?,
+            b"eventSource" => string_member(&mut j, visit, Field::Source)?,
+            b"eventCategory" => string_member(&mut j, visit, Field::Category)?,
+            b"readOnly" => match j.peek().map_err(json_err)? {
+                p @ (Peek::True | Peek::False) => {
+                    let b = j.known_bool(p).map_err(json_err)?;
+                    visit(Field::ReadOnly, if b { "true" } else { "false" })?
+                }
+                p => j.known_skip(p).map_err(json_err)?,
+            },
+            b"userIdentity" if j.peek().map_err(json_err)? == Peek::Object => {
+                let mut ik = j.next_object_bytes().map_err(json_err)?.map(<[u8]>::to_vec);
+                while let Some(k) = ik {
+                    match k.as_slice() {
+                        b"userName" => string_member(&mut j, visit, Field::UserName)?,
+                        b"arn" => string_member(&mut j, visit, Field::Arn)?,
+                        b"accessKeyId" => string_member(&mut j, visit, Field::AccessKeyId)?,
+                        _ => j.next_skip().map_err(json_err)?,
+                    }
+                    ik = j.next_key_bytes().map_err(json_err)?.map(<[u8]>::to_vec);
+                }
+            }
+            b"resources" if j.peek().map_err(json_err)? == Peek::Array => {
+                let mut item = j.known_array().map_err(json_err)?;
+                while let Some(p) = item {
+                    if p == Peek::Object {
+                        visit(Field::Resource, "")?;
+                        let mut rk = j.next_object_bytes().map_err(json_err)?.map(<[u8]>::to_vec);
+                        while let Some(k) = rk {
+                            match k.as_slice() {
+                                b"type" => string_member(&mut j, visit, Field::ResourceType)?,
+                                b"ARN" => string_member(&mut j, visit, Field::ResourceArn)?,
+                                _ => j.next_skip().map_err(json_err)?,
+                            }
+                            rk = j.next_key_bytes().map_err(json_err)?.map(<[u8]>::to_vec);
+                        }
+                    } else {
+                        j.known_skip(p).map_err(json_err)?;
+                    }
+                    item = j.array_step().map_err(json_err)?;
+                }
+            }
+            _ => j.next_skip().map_err(json_err)?,
+        }
+        key = j.next_key_bytes().map_err(json_err)?.map(<[u8]>::to_vec);
+    }
+    Ok(())
+}
+
+/// Epoch milliseconds of an eventTime value.
+fn event_time_ms(t: &str) -> std::result::Result<i64, String> {
+    segment::parse_time(t)
+        .map(|secs| secs.saturating_mul(1000))
+        .ok_or_else(|| format!("eventTime {t:?} is not YYYY-MM-DDTHH:MM:SSZ"))
+}
+
+/// The session name of an assumed role's ARN (its last part), which stands for the user name.
+fn session_name(arn: &str) -> Option<&str> {
+    arn.contains(":assumed-role/")
+        .then(|| arn.rsplit('/').next())
+        .flatten()
+        .filter(|s| !s.is_empty())
 }
 
 /// Read the lookup fields of one canonical event (defaults filled in, FORMATS.md §1).
 pub fn extract(record: &[u8]) -> std::result::Result<EventFields, String> {
     let mut f = EventFields::default();
-    let mut time: Option<String> = None;
-    let mut user_name: Option<String> = None;
-    let mut arn: Option<String> = None;
-    let mut j = Jiter::new(record);
-    let mut key = j.next_object().map_err(json_err)?.map(top);
-    while let Some(k) = key {
-        match k {
-            Top::Id => f.event_id = opt_str(&mut j)?.unwrap_or_default(),
-            Top::Time => time = opt_str(&mut j)?,
-            Top::Name => f.event_name = opt_str(&mut j)?.unwrap_or_default(),
-            Top::Source => f.event_source = opt_str(&mut j)?.unwrap_or_default(),
-            Top::Category => f.insight = opt_str(&mut j)?.as_deref() == Some("Insight"),
-            Top::ReadOnly => match j.peek().map_err(json_err)? {
-                p @ (Peek::True | Peek::False) => {
-                    f.read_only = j.known_bool(p).map_err(json_err)?
-                }
-                p => j.known_skip(p).map_err(json_err)?,
-            },
-            Top::Identity => {
-                if j.peek().map_err(json_err)? == Peek::Object {
-                    let mut ik = j.known_object().map_err(json_err)?.map(str::to_owned);
-                    while let Some(k) = ik {
-                        match k.as_str() {
-                            "userName" => user_name = opt_str(&mut j)?,
-                            "arn" => arn = opt_str(&mut j)?,
-                            "accessKeyId" => f.access_key_id = opt_str(&mut j)?,
-                            _ => j.next_skip().map_err(json_err)?,
-                        }
-                        ik = j.next_key().map_err(json_err)?.map(str::to_owned);
-                    }
-                } else {
-                    j.next_skip().map_err(json_err)?;
+    let (mut time, mut user_name, mut session) = (None, None, None);
+    walk(record, &mut |field, v| {
+        let own = |s: &str| Some(s.to_owned());
+        match field {
+            Field::Id => f.event_id = v.to_owned(),
+            Field::Time => time = Some(event_time_ms(v)?),
+            Field::Name => f.event_name = v.to_owned(),
+            Field::Source => f.event_source = v.to_owned(),
+            Field::Category => f.insight = v == "Insight",
+            Field::ReadOnly => f.read_only = v == "true",
+            Field::UserName => user_name = own(v),
+            Field::Arn => session = session_name(v).and_then(own),
+            Field::AccessKeyId => f.access_key_id = own(v),
+            Field::Resource => f.resources.push((None, None)),
+            Field::ResourceType => {
+                if let Some(r) = f.resources.last_mut() {
+                    r.0 = own(v);
                 }
             }
-            Top::Resources => {
-                let p = j.peek().map_err(json_err)?;
-                if p == Peek::Array {
-                    let mut item = j.known_array().map_err(json_err)?;
-                    while let Some(p) = item {
-                        if p == Peek::Object {
-                            let (mut t, mut a) = (None, None);
-                            let mut rk = j.known_object().map_err(json_err)?.map(str::to_owned);
-                            while let Some(k) = rk {
-                                match k.as_str() {
-                                    "type" => t = opt_str(&mut j)?,
-                                    "ARN" => a = opt_str(&mut j)?,
-                                    _ => j.next_skip().map_err(json_err)?,
-                                }
-                                rk = j.next_key().map_err(json_err)?.map(str::to_owned);
-                            }
-                            f.resources.push((t, a));
-                        } else {
-                            j.known_skip(p).map_err(json_err)?;
-                        }
-                        item = j.array_step().map_err(json_err)?;
-                    }
-                } else {
-                    j.known_skip(p).map_err(json_err)?;
+            Field::ResourceArn => {
+                if let Some(r) = f.resources.last_mut() {
+                    r.1 = own(v);
                 }
             }
-            Top::Other => j.next_skip().map_err(json_err)?,
         }
-        key = j.next_key().map_err(json_err)?.map(top);
-    }
+        Ok(())
+    })?;
     if f.event_id.is_empty() {
         return Err("eventID is missing".into());
     }
-    let t = time.ok_or("eventTime is missing")?;
-    f.event_time_ms = segment::parse_time(&t)
-        .ok_or_else(|| format!("eventTime {t:?} is not YYYY-MM-DDTHH:MM:SSZ"))?
-        .saturating_mul(1000);
-    f.username = user_name.or_else(|| {
-        arn.as_deref()
-            .filter(|a| a.contains(":assumed-role/"))
-            .and_then(|a| a.rsplit('/').next())
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    });
+    f.event_time_ms = time.ok_or("eventTime is missing")?;
+    f.username = user_name.or(session);
     Ok(f)
 }
 
 /// What indexing needs of one canonical event: the eventID's hash, eventTime, the category and
 /// the hashes of its lookup values (as [`EventFields::attrs`] lists them, distinct). The same
-/// reading as [`extract`], hashing each string where it lies instead of keeping it.
+/// walk as [`extract`], hashing each string where it lies instead of keeping it.
 struct IndexFields {
     id_hash: u64,
     time_ms: i64,
     insight: bool,
-}
-
-/// Call `f` with the string value at `j` (None, skipping the value, when it is not a string).
-fn with_str<T>(
-    j: &mut Jiter<'_>,
-    f: impl FnOnce(&str) -> T,
-) -> std::result::Result<Option<T>, String> {
-    match j.peek().map_err(json_err)? {
-        Peek::String => Ok(Some(f(j.known_str().map_err(json_err)?))),
-        p => {
-            j.known_skip(p).map_err(json_err)?;
-            Ok(None)
-        }
-    }
-}
-
-fn str_hash(j: &mut Jiter<'_>) -> std::result::Result<Option<u64>, String> {
-    with_str(j, |s| postings::hash(s.as_bytes()))
-}
-
-fn top_bytes(k: &[u8]) -> Top {
-    match k {
-        b"eventID" => Top::Id,
-        b"eventTime" => Top::Time,
-        b"eventName" => Top::Name,
-        b"eventSource" => Top::Source,
-        b"readOnly" => Top::ReadOnly,
-        b"eventCategory" => Top::Category,
-        b"userIdentity" => Top::Identity,
-        b"resources" => Top::Resources,
-        _ => Top::Other,
-    }
 }
 
 /// Read `record` for indexing; `values` receives its (lookup key, value hash) pairs.
@@ -324,116 +334,41 @@ fn index_fields(
     values: &mut Vec<(AttrKey, u64)>,
 ) -> std::result::Result<IndexFields, String> {
     values.clear();
-    let (mut id, mut time, mut insight) = (None, None, false);
-    let (mut user_name, mut session, mut read_only) = (None, None, false);
-    let mut j = Jiter::new(record);
-    let mut key = j.next_object_bytes().map_err(json_err)?.map(top_bytes);
-    while let Some(k) = key {
-        match k {
-            Top::Id => {
-                id = with_str(&mut j, |s| {
-                    (!s.is_empty()).then(|| postings::hash(s.as_bytes()))
-                })?
-                .flatten()
-            }
-            Top::Time => {
-                if let Some(t) = with_str(&mut j, |t| {
-                    segment::parse_time(t)
-                        .ok_or_else(|| format!("eventTime {t:?} is not YYYY-MM-DDTHH:MM:SSZ"))
-                })? {
-                    time = Some(t?);
-                }
-            }
-            Top::Name => values.extend(str_hash(&mut j)?.map(|h| (AttrKey::EventName, h))),
-            Top::Source => values.extend(str_hash(&mut j)?.map(|h| (AttrKey::EventSource, h))),
-            Top::Category => insight = with_str(&mut j, |c| c == "Insight")?.unwrap_or(false),
-            Top::ReadOnly => match j.peek().map_err(json_err)? {
-                p @ (Peek::True | Peek::False) => read_only = j.known_bool(p).map_err(json_err)?,
-                p => j.known_skip(p).map_err(json_err)?,
-            },
-            Top::Identity => {
-                if j.peek().map_err(json_err)? == Peek::Object {
-                    let mut ik = j.known_object().map_err(json_err)?.map(str::to_owned);
-                    while let Some(k) = ik {
-                        match k.as_str() {
-                            "userName" => user_name = Some(str_hash(&mut j)?),
-                            "arn" => {
-                                session = with_str(&mut j, |a| {
-                                    a.contains(":assumed-role/")
-                                        .then(|| a.rsplit('/').next())
-                                        .flatten()
-                                        .filter(|s| !s.is_empty())
-                                        .map(|s| postings::hash(s.as_bytes()))
-                                })?
-                                .flatten()
-                            }
-                            "accessKeyId" => {
-                                values.extend(str_hash(&mut j)?.map(|h| (AttrKey::AccessKeyId, h)))
-                            }
-                            _ => j.next_skip().map_err(json_err)?,
-                        }
-                        ik = j.next_key().map_err(json_err)?.map(str::to_owned);
-                    }
-                } else {
-                    j.next_skip().map_err(json_err)?;
-                }
-            }
-            Top::Resources => {
-                let p = j.peek().map_err(json_err)?;
-                if p == Peek::Array {
-                    let mut item = j.known_array().map_err(json_err)?;
-                    while let Some(p) = item {
-                        if p == Peek::Object {
-                            let mut rk = j.known_object().map_err(json_err)?.map(resource_key);
-                            while let Some(k) = rk {
-                                match k {
-                                    Some(key) => values.extend(str_hash(&mut j)?.map(|h| (key, h))),
-                                    None => j.next_skip().map_err(json_err)?,
-                                }
-                                rk = j.next_key().map_err(json_err)?.map(resource_key);
-                            }
-                        } else {
-                            j.known_skip(p).map_err(json_err)?;
-                        }
-                        item = j.array_step().map_err(json_err)?;
-                    }
-                } else {
-                    j.known_skip(p).map_err(json_err)?;
-                }
-            }
-            Top::Other => j.next_skip().map_err(json_err)?,
+    let (mut id, mut time, mut insight, mut read_only) = (None, None, false, false);
+    let (mut user_name, mut session) = (None, None);
+    let hash = |s: &str| postings::hash(s.as_bytes());
+    walk(record, &mut |field, v| {
+        match field {
+            Field::Id => id = (!v.is_empty()).then(|| hash(v)),
+            Field::Time => time = Some(event_time_ms(v)?),
+            Field::Category => insight = v == "Insight",
+            Field::ReadOnly => read_only = v == "true",
+            Field::UserName => user_name = Some(hash(v)),
+            Field::Arn => session = session_name(v).map(hash),
+            Field::Resource => {}
+            Field::Name => values.push((AttrKey::EventName, hash(v))),
+            Field::Source => values.push((AttrKey::EventSource, hash(v))),
+            Field::AccessKeyId => values.push((AttrKey::AccessKeyId, hash(v))),
+            Field::ResourceType => values.push((AttrKey::ResourceType, hash(v))),
+            Field::ResourceArn => values.push((AttrKey::ResourceName, hash(v))),
         }
-        key = j.next_key_bytes().map_err(json_err)?.map(top_bytes);
-    }
+        Ok(())
+    })?;
     let id_hash = id.ok_or("eventID is missing")?;
-    let time = time.ok_or("eventTime is missing")?;
-    let read_only: &[u8] = if read_only { b"true" } else { b"false" };
-    values.push((AttrKey::ReadOnly, postings::hash(read_only)));
-    // userName, else the session name of an assumed role ([`extract`]'s username)
-    if let Some(u) = user_name.flatten().or(session) {
+    let time_ms = time.ok_or("eventTime is missing")?;
+    values.push((
+        AttrKey::ReadOnly,
+        hash(if read_only { "true" } else { "false" }),
+    ));
+    if let Some(u) = user_name.or(session) {
         values.push((AttrKey::Username, u));
     }
-    let mut n = 0;
-    for i in 0..values.len() {
-        if !values[..n].contains(&values[i]) {
-            values[n] = values[i];
-            n += 1;
-        }
-    }
-    values.truncate(n);
+    keep_distinct(values);
     Ok(IndexFields {
         id_hash,
-        time_ms: time.saturating_mul(1000),
+        time_ms,
         insight,
     })
-}
-
-fn resource_key(k: &str) -> Option<AttrKey> {
-    match k {
-        "type" => Some(AttrKey::ResourceType),
-        "ARN" => Some(AttrKey::ResourceName),
-        _ => None,
-    }
 }
 
 /// One LookupEvents query. `after` is the cursor of the previous page (its last event's
