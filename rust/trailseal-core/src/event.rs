@@ -92,61 +92,9 @@ pub struct EventContext<'a> {
     pub received_at_secs: i64,
 }
 
-/// An account ID or a region of an [`EventMeta`], held inline when it fits (always for values
-/// from an event, which are validated to 12 digits or at most 32 characters; a longer default
-/// from the configuration goes to the heap): no allocation per event for them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShortName {
-    Inline {
-        len: u8,
-        bytes: [u8; SHORT_NAME_MAX],
-    },
-    Heap(String),
-}
-
-/// Longest [`ShortName`] held inline.
-pub const SHORT_NAME_MAX: usize = 32;
-
-impl ShortName {
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            ShortName::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            ShortName::Heap(s) => s.as_bytes(),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            // the bytes are a copy of a whole &str
-            ShortName::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            ShortName::Heap(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ShortName {
-    fn from(s: &str) -> ShortName {
-        let Ok(len) = u8::try_from(s.len()) else {
-            return ShortName::Heap(s.to_string());
-        };
-        match usize::from(len) {
-            n if n <= SHORT_NAME_MAX => {
-                let mut bytes = [0u8; SHORT_NAME_MAX];
-                bytes[..n].copy_from_slice(s.as_bytes());
-                ShortName::Inline { len, bytes }
-            }
-            _ => ShortName::Heap(s.to_string()),
-        }
-    }
-}
-
-impl PartialEq<str> for ShortName {
-    fn eq(&self, other: &str) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
+/// An account ID or a region of an [`EventMeta`]: `compact_str` holds up to 24 bytes inline
+/// (every account ID and region name), so there is no allocation per event for them.
+pub type ShortName = compact_str::CompactString;
 
 /// What the pipeline needs to know about an accepted event.
 #[derive(Debug, Clone, PartialEq, Eq)]
