@@ -219,3 +219,47 @@ def test_events_older_than_history_days_are_never_returned(
     assert old["Events"] == []
     assert find_all(client, ["old-0", "edge-19", "new-0"]) == ["old-0", "edge-19"]
     assert d.stop() == 0, d.stderr()
+
+
+def metric(port: int, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} is not on /metrics")
+
+
+def test_the_history_indexes_what_the_core_hands_over(
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """The core hands the history each frame it writes with the events' lookup values hashed, so
+    the history indexes them without reading the spool back; lookups find what was sent."""
+    port = free_tcp_port()
+    d = start(daemon, port)
+    with d.connect_unix() as sock:
+        sock.sendall(b"".join(event(i) for i in range(3000)))
+        sock.shutdown(1)
+        assert list(read_replies(sock))[-1] == {"ack": 3000}
+    wait_until(
+        lambda: metric(port, "trailseal_history_indexed_events") == 3000,
+        timeout=60,
+        what="3000 events indexed",
+    )
+    assert metric(port, "trailseal_history_fed_events") > 0
+    client = cloudtrail_client(d.config_path, endpoint_url=f"http://127.0.0.1:{port}")
+    assert len(listed(client)) == 3000
+    for name in ("GetThing", "DeleteThing"):
+        attrs = [{"AttributeKey": "EventName", "AttributeValue": name}]
+        found: set[str] = set()
+        kwargs: dict[str, Any] = {"LookupAttributes": attrs}
+        while True:
+            page = client.lookup_events(**kwargs)
+            found.update(e["EventId"] for e in page["Events"])
+            if "NextToken" not in page:
+                break
+            kwargs["NextToken"] = page["NextToken"]
+        want = {f"crash-{i:07d}" for i in range(3000) if event(i).find(name.encode()) >= 0}
+        assert found == want, name
+    assert d.stop() == 0, d.stderr()

@@ -172,6 +172,11 @@ class Core:
     def recovery_notes(self) -> list[str]:
         """Human-readable notes of what recovery did at open (truncated tails, restarted chains)."""
 
+    def feed_history(self, history: History | None) -> None:
+        """Hand ``history`` every zstd frame written from now on with its events' lookup values
+        (hashed while the events are built), so that it indexes them without reading the spool
+        back (None: stop). Only a cache: what it misses, the history reads from the files."""
+
     def process(self, data: bytes, parts: list[tuple[int, str, str | None, int]]) -> BatchResult:
         """Process one batch. ``data`` is whole NDJSON lines (``\\n`` or ``\\r\\n``; blank lines are
         skipped and not counted). ``parts`` splits it by source: (end offset in ``data``, peer,
@@ -243,6 +248,9 @@ class IndexReport:
     """Events newly added to the history."""
     more: bool
     """The call stopped at its ``max_events`` budget: more is waiting."""
+    fed: int
+    """Of ``events``, those whose frames and lookup values the core handed over
+    (:meth:`Core.feed_history`); the others were read back from the spool files."""
 
 @final
 class HistoryEvent:
@@ -291,6 +299,9 @@ class History:
 
     def indexed(self) -> int:
         """Events the indexer thread added since it started (0 without one)."""
+
+    def fed(self) -> int:
+        """Events the indexer thread took as the core handed them over (0 without one)."""
 
     def indexer_error(self) -> str | None:
         """Why the indexer thread's last attempt failed (None when it succeeded)."""

@@ -316,6 +316,8 @@ async def _serve(
                         exc,
                     )
                 if history is not None:
+                    # the core hands it each frame it writes, with the lookup values hashed
+                    core.feed_history(history.core)
                     await start_side(history.run)
 
             api = api_server.ApiServer(max_body_bytes=config.api.max_body_bytes)

@@ -129,6 +129,12 @@ HISTORY_INDEXED = Gauge(
     "Events the event history's indexer added since the daemon started",
     registry=REGISTRY,
 )
+HISTORY_FED = Gauge(
+    "trailseal_history_fed_events",
+    "Events the event history's indexer took as the core handed them over since the daemon "
+    "started (the rest it read back from the spool files)",
+    registry=REGISTRY,
+)
 START_TIME = Gauge(
     "trailseal_start_time_seconds", "Unix time the daemon process started", registry=REGISTRY
 )

@@ -128,6 +128,7 @@ class EventHistory:
         )
         lower_priority(tid)
         metrics.HISTORY_INDEXED.set_function(self.core.indexed)
+        metrics.HISTORY_FED.set_function(self.core.fed)
         task_status.started()
         try:
             while True:

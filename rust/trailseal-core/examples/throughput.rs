@@ -142,6 +142,7 @@ fn main() {
             agent: None,
         }),
         received_at_secs: 1_767_268_800,
+        index: false,
     };
     let mut out = Vec::with_capacity(4096);
     // warm-up pass, also checks every event is accepted

@@ -22,6 +22,7 @@
 //! in the parallel per-event stage without a second parse.
 
 use crate::canonical::{self, CanonError, Document, Extra, Kind, NodeId};
+use crate::history::{AttrKey, EventLookup, LookupHashes};
 use crate::select::{self, EventFields};
 
 /// Rejection codes of FORMATS.md §1, spelled as on the wire.
@@ -90,6 +91,8 @@ pub struct EventContext<'a> {
     pub receipt: Option<Receipt<'a>>,
     /// Receive time in seconds since the epoch: the default eventTime.
     pub received_at_secs: i64,
+    /// Hash the event's lookup values for the event history ([`EventMeta::lookup`]).
+    pub index: bool,
 }
 
 /// An account ID or a region of an [`EventMeta`]: `compact_str` holds up to 24 bytes inline
@@ -109,6 +112,8 @@ pub struct EventMeta {
     pub routes: u64,
     /// `eventCategory` is "Insight": the event goes to its stream's Insight log files.
     pub insight: bool,
+    /// Its lookup values for the event history, hashed (when [`EventContext::index`]).
+    pub lookup: Option<EventLookup>,
 }
 
 /// Default `eventVersion`.
@@ -440,6 +445,36 @@ fn build(
     out.reserve(line_len + 512);
     doc.write_object_merged(root, &["eventTime", "receipt"], &mut extras[..n], out);
 
+    let lookup = ctx.index.then(|| {
+        // what the history reads from the record (`history::index_fields`; a test compares)
+        let mut h = LookupHashes::default();
+        h.add(AttrKey::EventName, event_name);
+        h.add(AttrKey::EventSource, event_source);
+        if let Some(id) = f.user_identity {
+            let text = |name: &str| doc.get(id, name).and_then(|v| doc.as_str(v));
+            if let Some(v) = text("userName") {
+                h.user_name(v);
+            }
+            if let Some(v) = text("accessKeyId") {
+                h.add(AttrKey::AccessKeyId, v);
+            }
+        }
+        if let Some(arn) = user_identity_arn {
+            h.arn(arn);
+        }
+        for r in &resources {
+            if let Some(t) = r.resource_type {
+                h.add(AttrKey::ResourceType, t);
+            }
+            if let Some(a) = r.arn {
+                h.add(AttrKey::ResourceName, a);
+            }
+        }
+        EventLookup {
+            id_hash: crate::history::value_hash(event_id.as_bytes()),
+            values: h.finish(read_only),
+        }
+    });
     Ok(EventMeta {
         event_id: event_id.to_string(),
         event_time,
@@ -447,6 +482,7 @@ fn build(
         region: region.into(),
         routes,
         insight: category == "Insight",
+        lookup,
     })
 }
 
@@ -718,6 +754,7 @@ mod tests {
             max_event_bytes: 262_144,
             receipt: None,
             received_at_secs: 1_767_225_600,
+            index: false,
         }
     }
 
@@ -852,6 +889,7 @@ mod tests {
                 region: "eu-central-1".into(),
                 routes: u64::MAX,
                 insight: false,
+                lookup: None,
             }
         );
     }

@@ -44,6 +44,7 @@ use crate::chain::{self, ChainValue};
 use crate::dedup::Dedup;
 use crate::error::{CoreError, Result};
 use crate::event::{self, EventContext, EventMeta, Receipt, Reject};
+use crate::history::{FedEvent, FedFrame, Feed};
 use crate::lines;
 use crate::segment::{self, fsync_dir, write_atomic, Batch, Recovered, Segment, SegmentMeta};
 use crate::select::{EventFields, Selectors};
@@ -297,6 +298,8 @@ pub struct Spool {
     notes: Vec<String>,
     dirty_dirs: HashSet<PathBuf>,
     failed: Option<String>,
+    /// Where the event history takes what is written ([`Spool::feed_history`]).
+    feed: Option<std::sync::Arc<Feed>>,
 }
 
 /// Files and directories to fsync, taken by [`Spool::prepare_sync`] (see there).
@@ -806,7 +809,9 @@ struct Line<'a> {
     text: &'a [u8],
 }
 
-/// What the per-event stage made of one line.
+/// What the per-event stage made of one line. (Nearly every line is an `Event`, whose lookup
+/// values are inline on purpose: boxing them would allocate per event.)
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     /// Accepted by validation: its canonical bytes end at `end` in the slice's buffer (and start
     /// where the previous event's end), `hash` is their SHA-256.
@@ -839,6 +844,10 @@ struct StreamBatch {
     hasher: Sha256,
     /// Bytes of `batch.content` already fed to `hasher`.
     hashed: usize,
+    /// For the event history's feed: each event's lookup values and where it ends in
+    /// `batch.content`.
+    fed: Vec<FedEvent>,
+    ends: Vec<usize>,
 }
 
 /// Batches with fewer lines than this are staged on the calling thread.
@@ -848,6 +857,9 @@ const SLICES_PER_THREAD: usize = 4;
 /// Smallest frame content a batch is cut into for parallel compression (smaller frames compress
 /// worse and gain little).
 const MIN_PARALLEL_FRAME: usize = 1 << 20;
+/// Largest frame content a large batch is cut into: the event history keeps frames up to this
+/// size as they are (a lookup decompresses one to read a record).
+const MAX_PARALLEL_FRAME: usize = crate::history::VERBATIM_MAX;
 
 fn stage_slice(
     lines: &[Line<'_>],
@@ -920,6 +932,41 @@ fn stage_in_order(
     });
 }
 
+/// Hand `feed` the frames just appended at `at` to the segment `(trail, seq)`: `lens` are each
+/// frame's (content, compressed) lengths, `events` the events of the batch and `ends` where each
+/// one ends in the batch's content.
+#[allow(clippy::too_many_arguments)]
+fn feed_frames(
+    feed: &Feed,
+    trail: &str,
+    seq: u64,
+    at: u64,
+    insight: bool,
+    lens: &[(usize, usize)],
+    events: Vec<FedEvent>,
+    ends: &[usize],
+) {
+    let mut events = events.into_iter();
+    let (mut offset, mut content_end, mut taken) = (at, 0usize, 0usize);
+    for &(content_len, len) in lens {
+        content_end += content_len;
+        let n = ends[taken..].partition_point(|&e| e <= content_end);
+        taken += n;
+        feed.push(
+            trail,
+            seq,
+            FedFrame {
+                offset,
+                len: len as u64,
+                content_len,
+                insight,
+                events: events.by_ref().take(n).collect(),
+            },
+        );
+        offset += len as u64;
+    }
+}
+
 /// The sequential part of `process`, fed the staged slices in input order.
 struct Sequencer<'a> {
     dedup: &'a mut Dedup,
@@ -971,13 +1018,16 @@ impl Sequencer<'_> {
             }
             res.accepted += 1;
             let mut id = Some(meta.event_id);
+            let mut lookup = meta.lookup;
             for (k, &ti) in self.targets.iter().enumerate() {
-                // the last trail takes the eventID itself, the others a copy
-                let id = if k + 1 == self.targets.len() {
+                // the last trail takes the eventID (and lookup values) itself, the others a copy
+                let last = k + 1 == self.targets.len();
+                let id = if last {
                     id.take().unwrap_or_default()
                 } else {
                     id.clone().unwrap_or_default()
                 };
+                let lookup = if last { lookup.take() } else { lookup.clone() };
                 let found = self.streams.iter().position(|s| {
                     s.trail == ti
                         && meta.account == *s.account
@@ -1006,6 +1056,8 @@ impl Sequencer<'_> {
                             batch,
                             hasher,
                             hashed: 0,
+                            fed: Vec::new(),
+                            ends: Vec::new(),
                         });
                         self.streams.len() - 1
                     }
@@ -1015,6 +1067,13 @@ impl Sequencer<'_> {
                 // the log file's running hash, over exactly the bytes just appended
                 stream.hasher.update(&stream.batch.content[stream.hashed..]);
                 stream.hashed = stream.batch.content.len();
+                if let Some(lookup) = lookup {
+                    stream.fed.push(FedEvent {
+                        time_ms: meta.event_time.saturating_mul(1000),
+                        lookup,
+                    });
+                    stream.ends.push(stream.batch.content.len());
+                }
             }
         }
     }
@@ -1072,7 +1131,15 @@ impl Spool {
             notes,
             dirty_dirs: HashSet::new(),
             failed: None,
+            feed: None,
         })
+    }
+
+    /// Hand the event history each frame written from now on, with its events' lookup values
+    /// (hashed while the events are built): it then indexes them without reading them back
+    /// ([`crate::history::Feed`]). None stops it.
+    pub fn feed_history(&mut self, feed: Option<std::sync::Arc<Feed>>) {
+        self.feed = feed;
     }
 
     pub fn recovery_notes(&self) -> &[String] {
@@ -1137,6 +1204,7 @@ impl Spool {
                     agent: part.agent.as_deref(),
                 }),
                 received_at_secs: part.received_at_ms.div_euclid(1000),
+                index: self.feed.is_some(),
             })
             .collect();
         let mut lines = Vec::with_capacity(data.len() / 1024 + 16);
@@ -1212,14 +1280,19 @@ impl Spool {
             }
         }
         // The frames: a large batch is cut into about one frame per thread (never less than
-        // MIN_PARALLEL_FRAME bytes each) so that they compress in parallel.
+        // MIN_PARALLEL_FRAME bytes each, nor more than MAX_PARALLEL_FRAME, as many as a multiple
+        // of the threads) so that they compress in parallel.
         let threads = rayon::current_num_threads().max(1);
         let pieces: Vec<(usize, &[u8])> = streams
             .iter()
             .enumerate()
             .flat_map(|(si, s)| {
                 let len = s.batch.content.len();
-                let target = len.div_ceil(threads).max(MIN_PARALLEL_FRAME);
+                let mut target = len.div_ceil(threads).max(MIN_PARALLEL_FRAME);
+                if target > MAX_PARALLEL_FRAME {
+                    let n = len.div_ceil(MAX_PARALLEL_FRAME).next_multiple_of(threads);
+                    target = len.div_ceil(n).max(MIN_PARALLEL_FRAME);
+                }
                 segment::frame_pieces(&s.batch.content, target)
                     .into_iter()
                     .map(move |p| (si, p))
@@ -1228,19 +1301,23 @@ impl Spool {
         let level = self.cfg.zstd_level;
         let frames = pieces
             .par_iter()
-            .map(|(si, piece)| segment::compress_frame_here(level, piece).map(|f| (*si, f)))
+            .map(|(_, piece)| segment::compress_frame_here(level, piece))
             .collect::<Result<Vec<_>>>();
         let frames = frames?;
-        let mut per_stream: Vec<Vec<u8>> = streams.iter().map(|_| Vec::new()).collect();
-        for (si, f) in frames {
-            if per_stream[si].is_empty() {
-                per_stream[si] = f;
+        // each stream's frames, written with one write; (content length, compressed length)
+        type Frames = (Vec<u8>, Vec<(usize, usize)>);
+        let mut per_stream: Vec<Frames> = streams.iter().map(|_| Default::default()).collect();
+        for ((si, piece), f) in pieces.iter().zip(frames) {
+            let (bytes, lens) = &mut per_stream[*si];
+            lens.push((piece.len(), f.len()));
+            if bytes.is_empty() {
+                *bytes = f;
             } else {
-                per_stream[si].extend_from_slice(&f);
+                bytes.extend_from_slice(&f);
             }
         }
         let (mut uncompressed, mut compressed) = (0u64, 0u64);
-        for (s, frames) in streams.into_iter().zip(per_stream) {
+        for (s, (frames, lens)) in streams.into_iter().zip(per_stream) {
             let trail = &mut self.trails[s.trail];
             let key = (s.account, s.region, s.insight);
             let seg = trail
@@ -1249,7 +1326,22 @@ impl Spool {
                 .ok_or_else(|| CoreError::Invalid("internal: open segment vanished".into()))?;
             uncompressed += s.batch.content.len() as u64;
             compressed += frames.len() as u64;
+            let at = seg.compressed_bytes;
             seg.append_hashed(&frames, s.batch, s.hasher)?;
+            if let Some(feed) = &self.feed {
+                if !s.fed.is_empty() {
+                    feed_frames(
+                        feed,
+                        &trail.name,
+                        seg.meta.seq,
+                        at,
+                        key.2,
+                        &lens,
+                        s.fed,
+                        &s.ends,
+                    );
+                }
+            }
         }
         Ok((uncompressed, compressed))
     }
@@ -2035,6 +2127,7 @@ mod routing_tests {
             region: region.into(),
             routes,
             insight: false,
+            lookup: None,
         };
         let mut out = Vec::new();
         route(&spool.trails, HOME, &meta(HOME, 0b1011), &mut out);

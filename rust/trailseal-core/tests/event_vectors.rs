@@ -24,6 +24,7 @@ fn ctx() -> EventContext<'static> {
         max_event_bytes: 262_144,
         receipt: None,
         received_at_secs: 1_767_225_600,
+        index: false,
     }
 }
 

@@ -331,6 +331,16 @@ impl Core {
         Ok(self.lock().map_err(core_err)?.recovery_notes().to_vec())
     }
 
+    /// Hand `history` every frame written from now on with its events' lookup values (None:
+    /// stop), so that it indexes them without reading them back.
+    #[pyo3(signature = (history))]
+    fn feed_history(&self, history: Option<&History>) -> PyResult<()> {
+        self.lock()
+            .map_err(core_err)?
+            .feed_history(history.map(|h| h.inner.feed()));
+        Ok(())
+    }
+
     fn process(
         &self,
         py: Python<'_>,
@@ -489,6 +499,7 @@ struct IndexReport {
     events: u64,
     inserted: u64,
     more: bool,
+    fed: u64,
 }
 
 #[pyclass(frozen, get_all, module = "trailseal._core")]
@@ -579,6 +590,10 @@ impl History {
         Ok(self.indexer()?.as_ref().map_or(0, |ix| ix.indexed()))
     }
 
+    fn fed(&self) -> PyResult<u64> {
+        Ok(self.indexer()?.as_ref().map_or(0, |ix| ix.fed()))
+    }
+
     fn indexer_error(&self) -> PyResult<Option<String>> {
         Ok(self.indexer()?.as_ref().and_then(|ix| ix.error()))
     }
@@ -605,6 +620,7 @@ impl History {
             events: r.events,
             inserted: r.inserted,
             more: r.more,
+            fed: r.fed,
         })
     }
 

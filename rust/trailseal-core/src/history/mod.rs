@@ -1,7 +1,11 @@
 //! The event history: a SQLite index of every spooled event, for CloudTrail's LookupEvents.
 //!
 //! It is a side path: [`History::index_spool`] tails the spool's files (it never touches the
-//! [`crate::spool::Spool`] itself) and may lag; it never slows ingest. Everything about SQLite
+//! [`crate::spool::Spool`] itself) and may lag; it never slows ingest. The core hands it each
+//! frame it writes with the events' lookup values already hashed ([`Feed`]), so indexing a
+//! frame costs no reading back, decompressing or parsing; what the feed misses (it is bounded,
+//! and empty after a restart) is read from the files. While ingest runs, merging blocks waits
+//! ([`History::defer_merges`]). Everything about SQLite
 //! lives here, so the process holds one SQLite library (Python never opens the file).
 //!
 //! Database layout (one file, WAL journal, `synchronous=NORMAL`: a process crash loses nothing
@@ -51,16 +55,20 @@ use crate::error::{CoreError, Result};
 use crate::segment::{self, FOOTER, HEADER, SEPARATOR};
 use crate::verify::{self, Compression};
 
+mod feed;
 mod postings;
+mod row;
+
+pub use feed::{EventLookup, FedEvent, FedFrame, Feed, LookupHashes};
 
 /// Bumped when the schema changes (an older file is refused: rebuild it).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// rid bits of an event's position in its chunk.
-const CHUNK_BITS: u32 = 20;
+pub(crate) const CHUNK_BITS: u32 = 20;
 /// The largest spool frame (decompressed bytes) kept as a chunk as it is: a lookup decompresses
 /// one chunk per chunk it returns events from (~1 ms for 2 MiB).
-const VERBATIM_MAX: usize = 2 << 20;
+pub(crate) const VERBATIM_MAX: usize = 2 << 20;
 /// Events per chunk made by the history itself.
 const LOOSE_EVENTS: usize = 64;
 /// zstd level of record chunks (fast: the indexer must keep up with ingest).
@@ -151,14 +159,15 @@ impl EventFields {
                 out.push((AttrKey::ResourceName, a));
             }
         }
-        keep_distinct(&mut out);
+        let n = keep_distinct(&mut out);
+        out.truncate(n);
         out
     }
 }
 
-/// Drop repeated entries of a short list, keeping the first of each (a handful of entries: a
-/// linear scan beats hashing them).
-fn keep_distinct<T: PartialEq + Copy>(v: &mut Vec<T>) {
+/// Move the distinct entries of a short list to its front, the first of each in order, and
+/// return how many there are (a handful of entries: a linear scan beats hashing them).
+fn keep_distinct<T: PartialEq + Copy>(v: &mut [T]) -> usize {
     let mut n = 0;
     for i in 0..v.len() {
         if !v[..n].contains(&v[i]) {
@@ -166,7 +175,7 @@ fn keep_distinct<T: PartialEq + Copy>(v: &mut Vec<T>) {
             n += 1;
         }
     }
-    v.truncate(n);
+    n
 }
 
 fn json_err(e: jiter::JiterError) -> String {
@@ -266,6 +275,11 @@ fn walk(record: &[u8], visit: &mut Visit<'_>) -> std::result::Result<(), String>
     Ok(())
 }
 
+/// The hash the index keeps of a lookup value (xxh3-64).
+pub fn value_hash(value: &[u8]) -> u64 {
+    postings::hash(value)
+}
+
 /// Epoch milliseconds of an eventTime value.
 fn event_time_ms(t: &str) -> std::result::Result<i64, String> {
     segment::parse_time(t)
@@ -331,11 +345,10 @@ struct IndexFields {
 /// Read `record` for indexing; `values` receives its (lookup key, value hash) pairs.
 fn index_fields(
     record: &[u8],
-    values: &mut Vec<(AttrKey, u64)>,
+    values: &mut LookupHashes,
 ) -> std::result::Result<IndexFields, String> {
     values.clear();
     let (mut id, mut time, mut insight, mut read_only) = (None, None, false, false);
-    let (mut user_name, mut session) = (None, None);
     let hash = |s: &str| postings::hash(s.as_bytes());
     walk(record, &mut |field, v| {
         match field {
@@ -343,27 +356,20 @@ fn index_fields(
             Field::Time => time = Some(event_time_ms(v)?),
             Field::Category => insight = v == "Insight",
             Field::ReadOnly => read_only = v == "true",
-            Field::UserName => user_name = Some(hash(v)),
-            Field::Arn => session = session_name(v).map(hash),
+            Field::UserName => values.user_name(v),
+            Field::Arn => values.arn(v),
             Field::Resource => {}
-            Field::Name => values.push((AttrKey::EventName, hash(v))),
-            Field::Source => values.push((AttrKey::EventSource, hash(v))),
-            Field::AccessKeyId => values.push((AttrKey::AccessKeyId, hash(v))),
-            Field::ResourceType => values.push((AttrKey::ResourceType, hash(v))),
-            Field::ResourceArn => values.push((AttrKey::ResourceName, hash(v))),
+            Field::Name => values.add(AttrKey::EventName, v),
+            Field::Source => values.add(AttrKey::EventSource, v),
+            Field::AccessKeyId => values.add(AttrKey::AccessKeyId, v),
+            Field::ResourceType => values.add(AttrKey::ResourceType, v),
+            Field::ResourceArn => values.add(AttrKey::ResourceName, v),
         }
         Ok(())
     })?;
     let id_hash = id.ok_or("eventID is missing")?;
     let time_ms = time.ok_or("eventTime is missing")?;
-    values.push((
-        AttrKey::ReadOnly,
-        hash(if read_only { "true" } else { "false" }),
-    ));
-    if let Some(u) = user_name.or(session) {
-        values.push((AttrKey::Username, u));
-    }
-    keep_distinct(values);
+    values.finish_into(read_only);
     Ok(IndexFields {
         id_hash,
         time_ms,
@@ -404,6 +410,8 @@ pub struct IndexReport {
     pub inserted: u64,
     /// The call stopped at its `max_events` budget: more is waiting.
     pub more: bool,
+    /// Of `events`, those whose lookup values the core handed over ([`Feed`]).
+    pub fed: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -453,6 +461,10 @@ struct Writer {
     progress: HashMap<(String, u64), Progress>,
     /// Shared with [`History::covered`].
     covered: std::sync::Arc<Mutex<HashSet<(String, u64)>>>,
+    /// What the core handed over (shared with it).
+    feed: std::sync::Arc<Feed>,
+    /// Leave merging blocks for later ([`History::defer_merges`]).
+    defer_merges: bool,
 }
 
 /// The history database of one daemon. Thread-safe: indexing and retention are serialized on a
@@ -466,6 +478,7 @@ pub struct History {
     /// Events older than this (epoch ms) are expired: lookups never return them, even while
     /// their block (which also holds newer events) is still there.
     horizon: std::sync::atomic::AtomicI64,
+    feed: std::sync::Arc<Feed>,
 }
 
 fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> CoreError {
@@ -510,6 +523,11 @@ enum Source {
 impl History {
     /// Open (creating if needed) the history database at `path`.
     pub fn open(path: &Path) -> Result<History> {
+        Self::open_with_feed(path, Feed::default())
+    }
+
+    /// [`History::open`] with a feed of its own (tests: a small one).
+    pub fn open_with_feed(path: &Path, feed: Feed) -> Result<History> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| CoreError::io("create directory", dir, e))?;
         }
@@ -601,6 +619,7 @@ impl History {
                 .map(|(k, _)| k.clone())
                 .collect::<HashSet<_>>(),
         ));
+        let feed = std::sync::Arc::new(feed);
         Ok(History {
             path: path.to_path_buf(),
             writer: Mutex::new(Writer {
@@ -610,15 +629,24 @@ impl History {
                 recent,
                 progress,
                 covered: covered.clone(),
+                feed: feed.clone(),
+                defer_merges: false,
             }),
             reader: Mutex::new(reader),
             covered,
             horizon: std::sync::atomic::AtomicI64::new(horizon),
+            feed,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The feed for the core to hand over what it writes to the spool this history indexes
+    /// ([`crate::spool::Spool::feed_history`]).
+    pub fn feed(&self) -> std::sync::Arc<Feed> {
+        self.feed.clone()
     }
 
     fn writer(&self) -> Result<MutexGuard<'_, Writer>> {
@@ -671,11 +699,33 @@ impl History {
                 taken += r.events;
                 report.events += r.events;
                 report.inserted += r.inserted;
+                report.fed += r.fed;
                 report.more |= r.more;
             }
             w.prune(&self.path, &trail, &present)?;
+            self.feed.forget_gone(&trail, &present);
         }
         Ok(report)
+    }
+
+    /// Leave merging blocks for later (while ingest keeps the CPU busy: merging rewrites every
+    /// posting once more), or merge again after each step. Lookups stay right either way, only
+    /// slower while many small blocks wait; [`History::merge`] catches up.
+    pub fn defer_merges(&self, defer: bool) -> Result<()> {
+        self.writer()?.defer_merges = defer;
+        Ok(())
+    }
+
+    /// Run up to `max_steps` merge steps (each merges a few blocks, in its own transaction);
+    /// returns whether more are waiting.
+    pub fn merge(&self, max_steps: usize) -> Result<bool> {
+        let mut w = self.writer()?;
+        for _ in 0..max_steps {
+            if !w.merge_once(&self.path)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Whether the trail's sealed file `seq` is wholly indexed (so the uploader may remove it).
@@ -838,6 +888,8 @@ struct IndexerState {
     stop: bool,
     error: Option<String>,
     indexed: u64,
+    /// Of the events read, those the core handed over ([`Feed`]).
+    fed: u64,
 }
 
 impl Indexer {
@@ -897,6 +949,11 @@ impl Indexer {
         self.shared.state.lock().map(|st| st.indexed).unwrap_or(0)
     }
 
+    /// Events read as the core handed them over (the others were read back from the spool).
+    pub fn fed(&self) -> u64 {
+        self.shared.state.lock().map(|st| st.fed).unwrap_or(0)
+    }
+
     /// Stop the thread after its current call and wait for it.
     pub fn stop(&mut self) {
         if let Ok(mut st) = self.shared.state.lock() {
@@ -927,7 +984,14 @@ fn indexer_loop(
     batch: u64,
     shared: &IndexerShared,
 ) {
+    let busy_now = |st: &IndexerState| st.last_poke.is_some_and(|t| t.elapsed() < BUSY_WINDOW);
     loop {
+        // While ingest runs, merging waits: it rewrites every posting once more.
+        let busy = match shared.state.lock() {
+            Ok(st) => busy_now(&st),
+            Err(_) => return,
+        };
+        let deferred = history.defer_merges(busy);
         let r = loop {
             let began = std::time::Instant::now();
             match history.index_spool(spool_dir, batch) {
@@ -936,10 +1000,10 @@ fn indexer_loop(
                         return;
                     };
                     st.indexed += r.inserted;
+                    st.fed += r.fed;
                     // While ingest runs, take at most BUSY_SHARE of the time: an idle-priority
                     // thread still slows ingest (caches, memory bandwidth, the host's CPU).
-                    let busy = st.last_poke.is_some_and(|t| t.elapsed() < BUSY_WINDOW);
-                    if busy && !st.stop {
+                    if busy_now(&st) && !st.stop {
                         let pause = began.elapsed().mul_f64(1.0 / BUSY_SHARE - 1.0);
                         st = match shared.wake.wait_timeout_while(st, pause, |st| !st.stop) {
                             Ok((g, _)) => g,
@@ -950,7 +1014,7 @@ fn indexer_loop(
                         return;
                     }
                 }
-                other => break other,
+                other => break deferred.and(other),
             }
         };
         let Ok(mut st) = shared.state.lock() else {
@@ -959,9 +1023,24 @@ fn indexer_loop(
         match r {
             Ok(r) => {
                 st.indexed += r.inserted;
+                st.fed += r.fed;
                 st.error = None;
             }
             Err(e) => st.error = Some(e.to_string()),
+        }
+        // Idle: merge what waited, a step at a time, until ingest pokes again.
+        if !busy_now(&st) && !st.poked && !st.stop && st.error.is_none() {
+            drop(st);
+            let more = history.defer_merges(false).and_then(|()| history.merge(1));
+            st = match shared.state.lock() {
+                Ok(st) => st,
+                Err(_) => return,
+            };
+            match more {
+                Ok(true) if !st.stop => continue,
+                Ok(_) => {}
+                Err(e) => st.error = Some(e.to_string()),
+            }
         }
         if !st.poked && !st.stop {
             st = match shared.wake.wait_timeout(st, poll) {
@@ -1111,12 +1190,19 @@ enum Piece<'a> {
     },
     /// Events without a frame of their own (a gzip file, a rebuilt log file).
     Loose(Vec<&'a [u8]>),
+    /// A zstd frame of a spool file and its events' lookup values, as the core handed them over
+    /// ([`Feed`]).
+    Fed {
+        compressed: &'a [u8],
+        frame: &'a FedFrame,
+    },
 }
 
 impl Piece<'_> {
     fn len(&self) -> usize {
         match self {
             Piece::Frame { events, .. } | Piece::Loose(events) => events.len(),
+            Piece::Fed { frame, .. } => frame.events.len(),
         }
     }
 }
@@ -1143,18 +1229,12 @@ fn insert_events(
     let first_cid = w.next_cid;
     let mut next_cid = w.next_cid;
     let mut ids = ahash::AHashSet::new();
-    let mut posts: Vec<postings::Post> = Vec::new();
-    // Take one event: its postings under `rid`; false when its eventID was indexed already.
-    let mut values = Vec::new();
-    let mut take = |record: &[u8], rid: i64, posts: &mut Vec<postings::Post>| -> Result<bool> {
-        let f = index_fields(record, &mut values).map_err(|m| {
-            CoreError::Invalid(format!(
-                "event history {}: cannot index an event: {m}",
-                path.display()
-            ))
-        })?;
+    let mut posts = postings::NewPosts::default();
+    // Take one event (its lookup values hashed): its postings under `rid`; false when its
+    // eventID was indexed already.
+    let mut take_hashed = |f: &IndexFields, values: &[(AttrKey, u64)], rid: i64| -> bool {
         if w.recent.set.contains(&f.id_hash) || !ids.insert(f.id_hash) {
-            return Ok(false);
+            return false;
         }
         let post = |key: i64, hash: u64| postings::Post {
             key: postings::post_key(key, f.insight),
@@ -1164,10 +1244,20 @@ fn insert_events(
         };
         posts.push(post(postings::ALL, 0));
         posts.push(post(postings::EVENT_ID, f.id_hash));
-        for &(k, h) in &values {
+        for &(k, h) in values {
             posts.push(post(k as i64, h));
         }
-        Ok(true)
+        true
+    };
+    let mut values = LookupHashes::default();
+    // Read one record's lookup values into `values`.
+    let read = |record: &[u8], values: &mut LookupHashes| -> Result<IndexFields> {
+        index_fields(record, values).map_err(|m| {
+            CoreError::Invalid(format!(
+                "event history {}: cannot index an event: {m}",
+                path.display()
+            ))
+        })
     };
     let mut loose: Vec<&[u8]> = Vec::new();
     for piece in pieces {
@@ -1179,11 +1269,27 @@ fn insert_events(
             } if *content_len <= VERBATIM_MAX && events.len() < 1 << CHUNK_BITS => {
                 let mut new = 0;
                 for (pos, record) in events.iter().enumerate() {
-                    new += usize::from(take(
-                        record,
-                        next_cid << CHUNK_BITS | pos as i64,
-                        &mut posts,
-                    )?);
+                    let f = read(record, &mut values)?;
+                    let rid = next_cid << CHUNK_BITS | pos as i64;
+                    new += usize::from(take_hashed(&f, values.values(), rid));
+                }
+                if new > 0 {
+                    put_chunk
+                        .execute(params![next_cid, compressed])
+                        .map_err(fail)?;
+                    next_cid += 1;
+                }
+            }
+            Piece::Fed { compressed, frame } => {
+                let mut new = 0;
+                for (pos, e) in frame.events.iter().enumerate() {
+                    let f = IndexFields {
+                        id_hash: e.lookup.id_hash,
+                        time_ms: e.time_ms,
+                        insight: frame.insight,
+                    };
+                    let rid = next_cid << CHUNK_BITS | pos as i64;
+                    new += usize::from(take_hashed(&f, &e.lookup.values, rid));
                 }
                 if new > 0 {
                     put_chunk
@@ -1207,7 +1313,8 @@ fn insert_events(
         let mut chunk: Vec<u8> = Vec::new();
         let mut pos = 0i64;
         for (i, record) in loose.iter().enumerate() {
-            if take(record, next_cid << CHUNK_BITS | pos, &mut posts)? {
+            let f = read(record, &mut values)?;
+            if take_hashed(&f, values.values(), next_cid << CHUNK_BITS | pos) {
                 // framed like a log file's later frame: each event after a separator
                 chunk.extend_from_slice(SEPARATOR);
                 chunk.extend_from_slice(record);
@@ -1241,6 +1348,24 @@ fn insert_events(
         block,
         ids: ids.into_iter().collect(),
     })
+}
+
+/// Bytes `[start, end)` of `file`; None when it is gone or shorter.
+fn read_range(file: &Path, start: u64, end: u64) -> Result<Option<Vec<u8>>> {
+    let mut f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CoreError::io("open", file, e)),
+    };
+    let mut bytes = vec![0u8; (end - start) as usize];
+    match f
+        .seek(SeekFrom::Start(start))
+        .and_then(|_| f.read_exact(&mut bytes))
+    {
+        Ok(()) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(CoreError::io("read", file, e)),
+    }
 }
 
 /// The events of one decoded frame. `first`: the frame starts the file (so the log header).
@@ -1350,17 +1475,31 @@ impl Writer {
         if let Some(b) = done.block {
             self.blocks.push(b);
         }
-        loop {
-            let tx = self
-                .conn
-                .unchecked_transaction()
-                .map_err(|e| db_err(path, "begin", e))?;
-            if !postings::merge_step(&tx, path, &mut self.blocks)? {
-                break;
-            }
-            tx.commit().map_err(|e| db_err(path, "commit", e))?;
+        if !self.defer_merges {
+            while self.merge_once(path)? {}
         }
         Ok(inserted)
+    }
+
+    /// One merge step in a transaction of its own; false when nothing is left to merge.
+    fn merge_once(&mut self, path: &Path) -> Result<bool> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| db_err(path, "begin", e))?;
+        let merged = postings::merge_step(&tx, path, &mut self.blocks);
+        match merged {
+            Ok(true) => {
+                tx.commit().map_err(|e| db_err(path, "commit", e))?;
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                drop(tx);
+                self.reload(path)?;
+                Err(e)
+            }
+        }
     }
 
     /// Read the blocks and the next chunk id again (after a failed transaction).
@@ -1390,6 +1529,7 @@ impl Writer {
             .unwrap_or_default();
         let mut report = IndexReport::default();
         if prog.done {
+            self.feed.forget(trail, seq);
             return Ok(report);
         }
         let (file, sealed) = match source {
@@ -1405,6 +1545,7 @@ impl Writer {
                 }
                 if *compression == Compression::Gzip {
                     // One member: decompress it whole and take the events not yet taken.
+                    self.feed.forget(trail, seq);
                     let data = match std::fs::read(log) {
                         Ok(d) => d,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
@@ -1434,6 +1575,42 @@ impl Writer {
             }
             Source::Open(seg) => (seg, false),
         };
+        // What the core handed over: no reading back, decompressing and parsing.
+        let mut stop_at = None;
+        match self.feed.take(trail, seq, prog.offset, budget) {
+            feed::Taken::Frames(frames) => {
+                let end = frames.last().map_or(prog.offset, |f| f.offset + f.len);
+                let bytes = match read_range(file, prog.offset, end) {
+                    Ok(Some(b)) => b,
+                    // moved (sealed) or shorter (cannot be): read it as it is, next time
+                    Ok(None) => return Ok(report),
+                    Err(e) => return Err(e),
+                };
+                let pieces: Vec<Piece<'_>> = frames
+                    .iter()
+                    .map(|f| {
+                        let at = (f.offset - prog.offset) as usize;
+                        Piece::Fed {
+                            compressed: &bytes[at..at + f.len as usize],
+                            frame: f,
+                        }
+                    })
+                    .collect();
+                let taken: usize = pieces.iter().map(Piece::len).sum();
+                prog.offset = end;
+                prog.events += taken as u64;
+                if let Source::Sealed { event_count, .. } = source {
+                    prog.done = prog.events >= *event_count;
+                }
+                report.events = taken as u64;
+                report.fed = taken as u64;
+                report.more = taken as u64 >= budget || self.feed.has(trail, seq);
+                report.inserted = self.save(path, trail, seq, prog, &pieces)?;
+                return Ok(report);
+            }
+            feed::Taken::Gap(at) => stop_at = Some(at),
+            feed::Taken::None => {}
+        }
         let mut f = match std::fs::File::open(file) {
             Ok(f) => f,
             // moved (sealed) or removed meanwhile: the next call sees where it went
@@ -1451,8 +1628,9 @@ impl Writer {
             prog = Progress::default(); // the file was truncated (torn tail after a power loss)
         }
         // Read a bounded piece (a lagging history would otherwise hold a whole file in memory),
-        // grown until it holds a whole frame.
-        let avail = len - prog.offset;
+        // grown until it holds a whole frame; up to where the feed takes over.
+        let limit = stop_at.map_or(len, |at| at.clamp(prog.offset, len));
+        let avail = limit - prog.offset;
         let mut cap = READ_BYTES.min(avail);
         let bytes = loop {
             let mut bytes = Vec::new();
@@ -1468,7 +1646,7 @@ impl Writer {
             }
             cap = cap.saturating_mul(2).min(avail);
         };
-        let truncated = (bytes.len() as u64) < avail;
+        let truncated = (bytes.len() as u64) < len - prog.offset;
         // (compressed start, length, content) of each whole frame
         let mut decoded: Vec<(usize, usize, Vec<u8>)> = Vec::new();
         let mut pos = 0usize;
@@ -1571,7 +1749,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{temp, LogCompression, Part, Spool, SpoolConfig, TrailSpec};
+    use crate::spool::{temp, LogCompression, Part, Spool, SpoolConfig, TempDir, TrailSpec};
+    const FEED_MAX: usize = feed::FEED_MAX_EVENTS;
 
     fn event(i: usize) -> String {
         let who = if i.is_multiple_of(3) {
@@ -1667,7 +1846,7 @@ mod tests {
 
     #[test]
     fn index_fields_hash_what_extract_reads() {
-        let mut values = Vec::new();
+        let mut values = LookupHashes::default();
         for i in 0..40 {
             let e = event(i);
             let f = extract(e.as_bytes()).expect("extract");
@@ -1679,7 +1858,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k, postings::hash(v.as_bytes())))
                 .collect();
-            let mut got = values.clone();
+            let mut got = values.values().to_vec();
             want.sort_by_key(|(k, h)| (*k as i64, *h));
             got.sort_by_key(|(k, h)| (*k as i64, *h));
             assert_eq!(got, want, "event {i}");
@@ -1739,6 +1918,164 @@ mod tests {
             .expect("index");
         assert_eq!(h.count().expect("count"), 170);
         assert!(!h.covered("main", main.seq).expect("covered"));
+    }
+
+    /// Events whose lookup values test the rules: escapes, an assumed role, a user name that is
+    /// not a string, resources without a type or ARN, no userIdentity, readOnly given or
+    /// inferred, Insight.
+    fn varied_events() -> Vec<String> {
+        let mut v: Vec<String> = (0..40).map(event).collect();
+        v.extend(
+            [
+                r#"{"eventName":"Get\u00e9\"x\"","eventSource":"s\\3","eventID":"v1","userIdentity":{"userName":"b\u00f6b","accessKeyId":"AK\n"}}"#,
+                r#"{"eventName":"ListBuckets","eventSource":"s3","eventID":"v2","userIdentity":{"userName":7,"arn":"arn:aws:sts::1:assumed-role/R/s\u0065ss"}}"#,
+                r#"{"eventName":"PutObject","eventSource":"s3","eventID":"v3","readOnly":true,"resources":[{"ARN":"arn:only"},{"type":"T::only"},{}]}"#,
+                r#"{"eventName":"DescribeX","eventSource":"ec2","eventID":"v4","readOnly":false,"eventCategory":"Insight","userIdentity":{"arn":"arn:aws:iam::1:user/alice"}}"#,
+                r#"{"eventName":"X","eventSource":"y","eventID":"v5","userIdentity":{"type":"Root"},"resources":[]}"#,
+                r#"{"eventName":"X","eventSource":"y","eventID":"v6","userIdentity":{"arn":"arn:aws:sts::1:assumed-role/R/"}}"#,
+                r#"{"eventName":"X","eventSource":"y","userIdentity":{"userName":"u","accessKeyId":5}}"#,
+            ]
+            .map(str::to_owned),
+        );
+        v
+    }
+
+    #[test]
+    fn the_core_hashes_what_index_fields_reads() {
+        let ctx = crate::event::EventContext {
+            account_id: "111122223333",
+            region: "us-east-1",
+            max_event_bytes: 1 << 20,
+            receipt: None,
+            received_at_secs: 1_767_225_600,
+            index: true,
+        };
+        let mut values = LookupHashes::default();
+        let sorted = |mut v: Vec<(AttrKey, u64)>| {
+            v.sort_by_key(|(k, h)| (*k as i64, *h));
+            v
+        };
+        for (i, line) in varied_events().iter().enumerate() {
+            let mut out = Vec::new();
+            let meta =
+                crate::event::process_event(line.as_bytes(), &ctx, &mut out).expect("accepted");
+            let lookup = meta.lookup.expect("lookup values");
+            let f = index_fields(&out, &mut values).expect("index fields");
+            assert_eq!(lookup.id_hash, f.id_hash, "event {i}");
+            assert_eq!(
+                (meta.event_time * 1000, meta.insight),
+                (f.time_ms, f.insight)
+            );
+            assert_eq!(
+                sorted(lookup.values.to_vec()),
+                sorted(values.values().to_vec()),
+                "event {i}: {line}"
+            );
+        }
+        let mut no_index = ctx;
+        no_index.index = false;
+        let meta =
+            crate::event::process_event(varied_events()[0].as_bytes(), &no_index, &mut vec![])
+                .expect("accepted");
+        assert_eq!(meta.lookup, None);
+    }
+
+    /// Index 400 events of two trails (one gzip) in steps, sealing on the way; the core feeds the
+    /// history when `feed` (a feed of that many events at most) is given.
+    fn index_in_steps(tag: &str, feed_events: Option<usize>) -> (TempDir, History, u64) {
+        let dir = temp(tag);
+        let mut gz = spec("gz");
+        gz.compression = LogCompression::Gzip(6);
+        let mut cfg = SpoolConfig::new(dir.0.join("spool"), vec![], "111122223333", "us-east-1");
+        cfg.trails = vec![spec("main"), gz];
+        let mut spool = Spool::open(cfg).expect("open spool");
+        let h = match feed_events {
+            Some(n) => History::open_with_feed(&dir.0.join("history.db"), Feed::new(n)),
+            None => History::open(&dir.0.join("history.db")),
+        }
+        .expect("open history");
+        if feed_events.is_some() {
+            spool.feed_history(Some(h.feed()));
+        }
+        let mut fed = 0;
+        let mut index = |h: &History| {
+            while {
+                let r = h.index_spool(&dir.0.join("spool"), 120).expect("index");
+                fed += r.fed;
+                r.more
+            } {}
+        };
+        for (i, range) in [0..90, 90..100, 100..230, 230..260, 260..400]
+            .into_iter()
+            .enumerate()
+        {
+            feed(&mut spool, range);
+            if i == 2 {
+                for (t, key) in [("main", "k1"), ("gz", "k2")] {
+                    spool
+                        .seal(t, "111122223333", "us-east-1", false, key)
+                        .expect("seal");
+                }
+            }
+            if i != 1 {
+                index(&h);
+            }
+        }
+        drop(spool);
+        (dir, h, fed)
+    }
+
+    #[test]
+    fn fed_and_read_back_histories_agree() {
+        let (_d1, read_back, fed) = index_in_steps("history-read-back", None);
+        assert_eq!(fed, 0);
+        let queries = [
+            q(None, 1000),
+            q(
+                Some(Attribute::Other(AttrKey::EventName, "GetObject".into())),
+                1000,
+            ),
+            q(
+                Some(Attribute::Other(AttrKey::Username, "sess-b".into())),
+                1000,
+            ),
+            q(
+                Some(Attribute::Other(
+                    AttrKey::ResourceName,
+                    "arn:aws:s3:::b2".into(),
+                )),
+                1000,
+            ),
+            q(
+                Some(Attribute::Other(AttrKey::AccessKeyId, "AKIA9".into())),
+                1000,
+            ),
+            q(Some(Attribute::EventId("id-231".into())), 1000),
+            Query {
+                insight: true,
+                ..q(None, 1000)
+            },
+        ];
+        let want: Vec<Vec<String>> = queries
+            .iter()
+            .map(|q| ids(&read_back.lookup(q).expect("lookup").0))
+            .collect();
+        assert_eq!(want[0].len(), 360, "every non-Insight event, once");
+        // a feed that holds everything, and one that holds at most one step's frames (the
+        // history reads the rest back from the files)
+        for (tag, cap) in [("history-fed", FEED_MAX), ("history-fed-small", 100)] {
+            let (_d, h, fed) = index_in_steps(tag, Some(cap));
+            assert!(fed > 0, "{tag}: nothing was fed");
+            assert!(
+                fed < 800,
+                "{tag}: the gzip file sealed before indexing is read back"
+            );
+            assert_eq!(h.count().expect("count"), 400, "{tag}");
+            for (q, want) in queries.iter().zip(&want) {
+                let got = ids(&h.lookup(q).expect("lookup").0);
+                assert_eq!(&got, want, "{tag}: {q:?}");
+            }
+        }
     }
 
     #[test]

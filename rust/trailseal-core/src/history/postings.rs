@@ -17,8 +17,8 @@
 //! posts(bid, key, bucket, data BLOB), UNIQUE(bid, key, bucket)
 //!   key = lookup attribute << 1 | insight (attribute 0: every event, 8: EventId, else
 //!   [`super::AttrKey`]); bucket = the top `bits` bits of the value's hash (0 when bits = 0).
-//!   data: 24-byte entries (hash u64, event_time i64, rid i64, little-endian), sorted by hash
-//!   ascending, then event_time descending.
+//!   data: the bucket's postings, sorted by hash ascending, then event_time descending, in the
+//!   compact form of [`super::row`] (each distinct hash once, time and rid as deltas).
 //! ```
 //! A value's hash is xxh3-64 of its UTF-8 bytes (a stable, specified function): a lookup checks
 //! the record it reads, so a hash collision costs a read, never a wrong result.
@@ -28,8 +28,8 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::db_err;
-use crate::error::Result;
+use super::{db_err, row};
+use crate::error::{CoreError, Result};
 
 /// The key of every event (lookups without an attribute).
 pub const ALL: i64 = 0;
@@ -44,7 +44,6 @@ pub const MAX_MERGED_EVENTS: i64 = 1 << 16;
 pub const FINAL_LEVEL: i64 = 1_000;
 /// Entries per bucket a block aims at for a key whose values are all distinct (an eventID).
 const BUCKET_ENTRIES: i64 = 32;
-const ENTRY: usize = 24;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS blocks(
@@ -112,28 +111,13 @@ fn order(p: &Post) -> u128 {
     (u128::from(p.hash) << 64) | u128::from(!time_up)
 }
 
-fn entry(data: &[u8], i: usize) -> (u64, i64, i64) {
-    let e = &data[i * ENTRY..(i + 1) * ENTRY];
-    let word = |k: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&e[k * 8..k * 8 + 8]);
-        b
-    };
-    (
-        u64::from_le_bytes(word(0)),
-        i64::from_le_bytes(word(1)),
-        i64::from_le_bytes(word(2)),
-    )
-}
-
-fn encode(posts: &[Post]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(posts.len() * ENTRY);
-    for p in posts {
-        out.extend_from_slice(&p.hash.to_le_bytes());
-        out.extend_from_slice(&p.time.to_le_bytes());
-        out.extend_from_slice(&p.rid.to_le_bytes());
-    }
-    out
+/// The error of a postings row that cannot be read.
+fn damaged(path: &Path) -> CoreError {
+    CoreError::Invalid(format!(
+        "event history {}: a postings row is damaged (stop the daemon and run `trailseal \
+         history rebuild`)",
+        path.display()
+    ))
 }
 
 /// Every block, in bid order.
@@ -162,30 +146,39 @@ pub fn load_blocks(conn: &Connection, path: &Path) -> Result<Vec<Block>> {
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(fail)
 }
 
-/// Write the postings of block `bid` (sorting `posts`), `bits` bucket bits.
-fn write_posts(
-    conn: &Connection,
-    path: &Path,
-    bid: i64,
-    bits: u32,
-    posts: &mut [Post],
-) -> Result<()> {
+/// A new block's postings, grouped by key as they are added (keys are small numbers).
+#[derive(Debug, Default)]
+pub struct NewPosts {
+    by_key: Vec<Vec<Post>>,
+}
+
+impl NewPosts {
+    pub fn push(&mut self, p: Post) {
+        let k = usize::try_from(p.key).unwrap_or(0);
+        if k >= self.by_key.len() {
+            self.by_key.resize_with(k + 1, Vec::new);
+        }
+        self.by_key[k].push(p);
+    }
+}
+
+/// Write the postings of block `bid` for one key, sorted in [`order`], `bits` bucket bits.
+fn write_rows(conn: &Connection, path: &Path, bid: i64, bits: u32, posts: &[Post]) -> Result<()> {
     let fail = |e| db_err(path, "write postings", e);
-    // A bucket is the top bits of the hash: (key, hash) order is (key, bucket) order too. A
-    // stable sort finds the sorted runs a merge concatenates and merges them.
-    posts.sort_by_key(|p| (p.key, order(p)));
     let mut ins = conn
         .prepare_cached("INSERT INTO posts(bid, key, bucket, data) VALUES(?1, ?2, ?3, ?4)")
         .map_err(fail)?;
+    // A bucket is the top bits of the hash: hash order is bucket order too.
     let mut rest: &[Post] = posts;
+    let mut data = Vec::new();
     while let Some(first) = rest.first() {
         let at = (first.key, bucket(first.hash, bits));
         let n = rest
             .iter()
-            .position(|p| (p.key, bucket(p.hash, bits)) != at)
+            .position(|p| bucket(p.hash, bits) != at.1)
             .unwrap_or(rest.len());
-        ins.execute(params![bid, at.0, at.1, encode(&rest[..n])])
-            .map_err(fail)?;
+        row::encode(&rest[..n], &mut data);
+        ins.execute(params![bid, at.0, at.1, data]).map_err(fail)?;
         rest = &rest[n..];
     }
     Ok(())
@@ -213,11 +206,15 @@ pub fn write_block(
     bid: i64,
     events: i64,
     cids: (i64, i64),
-    posts: &mut [Post],
+    posts: &mut NewPosts,
 ) -> Result<Block> {
-    let (min_time, max_time) = posts.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
-        (lo.min(p.time), hi.max(p.time))
-    });
+    let (min_time, max_time) = posts
+        .by_key
+        .iter()
+        .flatten()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), p| {
+            (lo.min(p.time), hi.max(p.time))
+        });
     let block = Block {
         bid,
         events,
@@ -228,7 +225,10 @@ pub fn write_block(
         cid_hi: cids.1,
         level: 0,
     };
-    write_posts(conn, path, bid, block.bits, posts)?;
+    for group in &mut posts.by_key {
+        group.sort_unstable_by_key(order);
+        write_rows(conn, path, bid, block.bits, group)?;
+    }
     insert_block(conn, path, &block)?;
     Ok(block)
 }
@@ -297,15 +297,16 @@ pub fn merge_step(conn: &Connection, path: &Path, blocks: &mut Vec<Block>) -> Re
                     .get_ref(0)
                     .and_then(|v| Ok(v.as_blob()?))
                     .map_err(fail)?;
-                for i in 0..data.len() / ENTRY {
-                    let (hash, time, rid) = entry(data, i);
+                row::decode(data, None, &mut |hash, time, rid| {
                     posts.push(Post {
                         key,
                         hash,
                         time,
                         rid,
                     });
-                }
+                    true
+                })
+                .map_err(|_| damaged(path))?;
             }
         }
         conn.execute(
@@ -313,7 +314,9 @@ pub fn merge_step(conn: &Connection, path: &Path, blocks: &mut Vec<Block>) -> Re
             params![lo, hi, key],
         )
         .map_err(fail)?;
-        write_posts(conn, path, merged.bid, merged.bits, &mut posts)?;
+        // sorted runs one after the other: a stable sort finds and merges them
+        posts.sort_by_key(order);
+        write_rows(conn, path, merged.bid, merged.bits, &posts)?;
     }
     conn.execute(
         "DELETE FROM blocks WHERE bid BETWEEN ?1 AND ?2",
@@ -352,43 +355,21 @@ fn each_post(
     mut f: impl FnMut(u64, i64, i64) -> bool,
 ) -> Result<()> {
     let fail = |e| db_err(path, "read postings", e);
-    let visit = |data: &[u8], f: &mut dyn FnMut(u64, i64, i64) -> bool| {
-        let n = data.len() / ENTRY;
-        let first = match hash {
-            Some(h) => {
-                let (mut lo, mut hi) = (0, n);
-                while lo < hi {
-                    let mid = (lo + hi) / 2;
-                    if entry(data, mid).0 < h {
-                        lo = mid + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                lo
-            }
-            None => 0,
-        };
-        for i in first..n {
-            let (h, t, r) = entry(data, i);
-            if hash.is_some_and(|want| want != h) || !f(h, t, r) {
-                return false;
-            }
-        }
-        true
-    };
     match hash {
         Some(h) => {
             let mut st = conn
                 .prepare_cached("SELECT data FROM posts WHERE bid=?1 AND key=?2 AND bucket=?3")
                 .map_err(fail)?;
-            st.query_row(params![b.bid, key, bucket(h, b.bits)], |r| {
-                let data = r.get_ref(0)?.as_blob()?;
-                visit(data, &mut f);
-                Ok(())
-            })
-            .optional()
-            .map_err(fail)?;
+            let read = st
+                .query_row(params![b.bid, key, bucket(h, b.bits)], |r| {
+                    let data = r.get_ref(0)?.as_blob()?;
+                    Ok(row::decode(data, Some(h), &mut f).is_ok())
+                })
+                .optional()
+                .map_err(fail)?;
+            if read == Some(false) {
+                return Err(damaged(path));
+            }
         }
         None => {
             let mut st = conn
@@ -400,7 +381,7 @@ fn each_post(
                     .get_ref(0)
                     .and_then(|v| Ok(v.as_blob()?))
                     .map_err(fail)?;
-                if !visit(data, &mut f) {
+                if !row::decode(data, None, &mut f).map_err(|_| damaged(path))? {
                     break;
                 }
             }
@@ -522,16 +503,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_round_trip_and_hash_is_stable() {
-        let p = Post {
-            key: 3,
-            hash: 0xdead_beef_0000_0001,
-            time: -5,
-            rid: 77,
-        };
-        let data = encode(&[p, p]);
-        assert_eq!(data.len(), 2 * ENTRY);
-        assert_eq!(entry(&data, 1), (p.hash, p.time, p.rid));
+    fn hash_is_stable() {
         // xxh3-64 of "" is fixed by its specification
         assert_eq!(hash(b""), 0x2d06_8005_38d3_94c2);
     }
