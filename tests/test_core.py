@@ -281,3 +281,11 @@ def test_canonicalize_and_chain_step() -> None:
     assert c1.hex() == "961af672d320bfb80e482edf9e092930b12b6f10f28ac4913d1d64c49219da68"
     with pytest.raises(ValueError, match="32 bytes"):
         _core.chain_step(b"short", b"{}")
+
+
+def test_malloc_arenas_can_be_limited_on_glibc() -> None:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert _core.limit_malloc_arenas(4) is True

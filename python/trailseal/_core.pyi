@@ -368,3 +368,8 @@ def selector_matches(selectors_json: str, canonical_event: bytes) -> bool:
     """Whether a trail with these selectors logs this event (a JSON object after defaults, e.g.
     canonical bytes). For tests and tools; the spool evaluates selectors per batch. Raises
     ValueError for refused selectors or an event missing a defaulted field."""
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Let glibc's malloc keep at most ``arenas`` arenas for threads made from now on
+    (``mallopt(M_ARENA_MAX)``); False where the C library is not glibc. The daemon calls it at
+    start, before its threads exist."""

@@ -59,6 +59,10 @@ HISTORY_SETTLE_SECS = 10.0
 in the spool (recorded as delivered; removed after the next start)."""
 NOTIFY_FLUSH_SECS = 3.0
 """At shutdown, how long queued delivery notifications may still take (best-effort)."""
+MALLOC_ARENAS = 4
+"""glibc malloc arenas for the daemon's threads (trio's workers, the core's, the history's).
+glibc's default (one per thread that allocates, up to 8 per core) kept ~35 MB more resident
+under load in ``benches/loadgen.py`` for no measurable speed (BENCHMARKS.md)."""
 
 
 class StartupError(TrailsealError):
@@ -80,6 +84,7 @@ def main(config_path: Path | None, check_only: bool) -> int:
     if check_only:
         print(config_mod.describe(config))
         return 0
+    _core.limit_malloc_arenas(MALLOC_ARENAS)  # before the first thread starts
     try:
         _check_data_dir(config.daemon.data_dir)  # before reading the API trails stored there
         config, api_trails = registry_mod.with_api_trails(config)

@@ -1,8 +1,10 @@
 //! Throughput of `event::process_event` (parse, validate, fill defaults, canonicalize) on one core,
 //! over seeded synthetic CloudTrail-like events of about 1.6 KB.
 //!
-//! Run: `cargo run --release -p trailseal-core --example throughput [-- [FILE] EVENTS [PASSES]]`
-//! (FILE: NDJSON events to use instead of the generated ones, e.g. `trailseal.synthetic`'s).
+//! Run: `cargo run --release -p trailseal-core --example throughput [-- [FILE] EVENTS [PASSES]
+//! [index]]` (FILE: NDJSON events to use instead of the generated ones, e.g.
+//! `trailseal.synthetic`'s; `index`: also hash the lookup values for the event history, as the
+//! daemon does when the history is on).
 //! Prints one line: events, average event size, MB/s (MB = 10^6 bytes of input) and events/s.
 use std::time::Instant;
 
@@ -125,6 +127,7 @@ fn main() {
         });
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let passes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let index = args.next().as_deref() == Some("index");
     let mut rng = Rng(0x7261_696c_7365_616c);
     let events: Vec<String> = match &file {
         Some(text) => text.lines().take(count).map(str::to_owned).collect(),
@@ -142,7 +145,7 @@ fn main() {
             agent: None,
         }),
         received_at_secs: 1_767_268_800,
-        index: false,
+        index,
     };
     let mut out = Vec::with_capacity(4096);
     // warm-up pass, also checks every event is accepted

@@ -780,7 +780,25 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(count_lines, m)?)?;
     m.add_function(wrap_pyfunction!(check_selectors, m)?)?;
     m.add_function(wrap_pyfunction!(selector_matches, m)?)?;
+    m.add_function(wrap_pyfunction!(limit_malloc_arenas, m)?)?;
     Ok(())
+}
+
+/// Let glibc's malloc keep at most `arenas` arenas (`mallopt(M_ARENA_MAX)`) for threads made from
+/// now on; false where the C library is not glibc. By default every thread that allocates gets
+/// an arena of its own (up to 8 per core), each holding on to the memory it once used.
+#[pyfunction]
+fn limit_malloc_arenas(arenas: i32) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets an allocator parameter; any value is accepted or refused.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = arenas;
+        false
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
