@@ -15,7 +15,8 @@
    chunk returning to the ``{"ack":N}`` that covers its last line.
 4. Samples the daemon's peak RSS (VmHWM in ``/proc/<pid>/status``); with the history on, reads
    how many events it has not indexed yet at the last ack (``history_behind_at_last_ack``, from
-   ``/metrics``) and waits until it has them all (``history_catchup_s``); sends SIGTERM, waits
+   ``/metrics``), waits until it has them all (``history_catchup_s``) and reads how many of
+   them the core handed over (``history_fed``; the rest were read back); sends SIGTERM, waits
    for the graceful shutdown (seal + deliver), and reads the delivered ``.json.zst`` log files: the
    compression ratio is their uncompressed/compressed size and the delivered event count is
    checked against ``N``.
@@ -500,14 +501,15 @@ class Daemon:
                         ) from None
                     time.sleep(0.05)
 
-    def history_indexed(self) -> int | None:
-        """Events the daemon's history has indexed since it started (None: no history/API)."""
+    def history_indexed(self, metric: str = "trailseal_history_indexed_events") -> int | None:
+        """Events the daemon's history has indexed since it started, or another of its
+        ``/metrics`` counters (None: no history/API)."""
         if self.api_port is None:
             return None
         url = f"http://127.0.0.1:{self.api_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             for line in response.read().decode().splitlines():
-                if line.startswith("trailseal_history_indexed_events "):
+                if line.startswith(metric + " "):
                     return int(float(line.split()[1]))
         return None
 
@@ -727,6 +729,7 @@ def daemon_phase(
         # every event (ingest has stopped: it runs on the whole machine then)
         indexed_at_ack = d.history_indexed()
         history_catchup_s = d.wait_history(len(lines), timeout=120.0)
+        history_fed = d.history_indexed("trailseal_history_fed_events")
         status = d.stop()
         drain_s = time.perf_counter() - acked_at
     if status != 0:
@@ -748,6 +751,7 @@ def daemon_phase(
         **(
             {
                 "history_behind_at_last_ack": len(lines) - indexed_at_ack,
+                "history_fed": history_fed,
                 "history_catchup_s": None
                 if history_catchup_s is None
                 else round(history_catchup_s, 2),

@@ -986,13 +986,15 @@ fn indexer_loop(
 ) {
     let busy_now = |st: &IndexerState| st.last_poke.is_some_and(|t| t.elapsed() < BUSY_WINDOW);
     loop {
-        // While ingest runs, merging waits: it rewrites every posting once more.
-        let busy = match shared.state.lock() {
-            Ok(st) => busy_now(&st),
-            Err(_) => return,
-        };
-        let deferred = history.defer_merges(busy);
         let r = loop {
+            // While ingest runs, merging waits: it rewrites every posting once more.
+            let busy = match shared.state.lock() {
+                Ok(st) => busy_now(&st),
+                Err(_) => return,
+            };
+            if let Err(e) = history.defer_merges(busy) {
+                break Err(e);
+            }
             let began = std::time::Instant::now();
             match history.index_spool(spool_dir, batch) {
                 Ok(r) if r.more => {
@@ -1014,7 +1016,7 @@ fn indexer_loop(
                         return;
                     }
                 }
-                other => break deferred.and(other),
+                other => break other,
             }
         };
         let Ok(mut st) = shared.state.lock() else {
