@@ -493,8 +493,12 @@ fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| db_err(path, "open", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| db_err(path, "set busy timeout", e))?;
+    // 16 KiB pages (for a new file; an existing one keeps its own): record chunks and postings
+    // rows are large, and indexing with them cost ~20% less than with 4 KiB pages
+    // (examples/history_index).
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-8192;",
+        "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+         PRAGMA cache_size=-8192;",
     )
     .map_err(|e| db_err(path, "set pragmas", e))?;
     Ok(conn)
