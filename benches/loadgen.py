@@ -349,6 +349,8 @@ def trails_toml(trails: Mapping[str, Mapping[str, object]]) -> str:
 
 HISTORY_ENABLED = True
 """``[history] enabled`` of the benchmark's daemons (``--history on|off``)."""
+HISTORY_PRIORITY = "low"
+"""``[history] indexer_priority`` of the benchmark's daemons (``--history-priority``)."""
 
 
 def write_config(
@@ -383,6 +385,7 @@ listen = "{f"127.0.0.1:{api_port}" if api_port else ""}"
 
 [history]
 enabled = {"true" if HISTORY_ENABLED else "false"}
+indexer_priority = "{HISTORY_PRIORITY}"
 """
         + trails_toml(trails)
     )
@@ -1137,9 +1140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="on",
         help="the daemon's event history ([history] enabled; default on)",
     )
+    parser.add_argument(
+        "--history-priority",
+        choices=("low", "idle"),
+        default="low",
+        help="the history indexer's CPU priority ([history] indexer_priority; default low)",
+    )
     args = parser.parse_args(argv)
-    global HISTORY_ENABLED
+    global HISTORY_ENABLED, HISTORY_PRIORITY
     HISTORY_ENABLED = args.history == "on"
+    HISTORY_PRIORITY = args.history_priority
     try:
         summary = run(
             events=args.events,
@@ -1165,6 +1175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 1
     summary["history"] = HISTORY_ENABLED
+    if HISTORY_ENABLED:
+        summary["history_priority"] = HISTORY_PRIORITY
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     return 0 if summary.get("ok", True) else 1
 

@@ -224,6 +224,10 @@ def test_missing_file(clean_env: Path) -> None:
         ('[trails."a/b"]\n', "invalid trail name 'a/b'"),
         ('trails = "x"\n', "trails: expected a [trails] table"),
         ("[daemon]\nshutdown_timeout_secs = 0\n", "[daemon] shutdown_timeout_secs: 0 is out of"),
+        (
+            '[history]\nindexer_priority = "high"\n',
+            "[history] indexer_priority: 'high' is not one of 'low', 'idle'",
+        ),
     ],
 )
 def test_bad_values(clean_env: Path, text: str, expected: str) -> None:

@@ -193,7 +193,8 @@ def test_events_older_than_history_days_are_never_returned(
     daemon: Callable[..., DaemonProcess],
 ) -> None:
     port = free_tcp_port()
-    d = start(daemon, port, history={"history_days": 1})
+    d = start(daemon, port, history={"history_days": 1, "indexer_priority": "idle"})
+    assert indexer_stat(d.pid, 41) == 5  # the thread's policy: SCHED_IDLE
     now = int(time.time())
     ages = {"old": 3 * 86400, "edge": 86400 + 600, "fresh": 3600, "new": 60}
     lines = []
@@ -221,6 +222,19 @@ def test_events_older_than_history_days_are_never_returned(
     assert d.stop() == 0, d.stderr()
 
 
+def indexer_stat(pid: int, field: int) -> int:
+    """Field ``field`` (1-based, proc(5)) of the daemon's history indexer thread's stat."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if (task / "comm").read_text().strip() == "history-indexer":
+            # the fields after the parenthesized comm start with field 3
+            return int((task / "stat").read_text().rsplit(")", 1)[1].split()[field - 3])
+    raise AssertionError("no history-indexer thread")
+
+
+def indexer_nice(pid: int) -> int:
+    return indexer_stat(pid, 19)
+
+
 def metric(port: int, name: str) -> float:
     import urllib.request
 
@@ -238,6 +252,7 @@ def test_the_history_indexes_what_the_core_hands_over(
     the history indexes them without reading the spool back; lookups find what was sent."""
     port = free_tcp_port()
     d = start(daemon, port)
+    assert indexer_nice(d.pid) == 10  # [history] indexer_priority = "low", the default
     with d.connect_unix() as sock:
         sock.sendall(b"".join(event(i) for i in range(3000)))
         sock.shutdown(1)

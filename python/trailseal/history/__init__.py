@@ -4,9 +4,12 @@ A side path off the pipeline. The database is ``<data_dir>/history/events.db`` (
 owned by :class:`trailseal._core.History` (all SQLite access is in Rust; never open the file
 from Python). :meth:`EventHistory.run` starts the core's indexer thread, which tails the spool:
 every :data:`POLL_SECS` (or sooner when poked) it indexes whatever whole zstd frames and sealed
-files are new. The thread never touches Python (no GIL) and runs at SCHED_IDLE priority, so it
-takes only CPU that ingest leaves idle: under a saturating load it lags, and catches up when the
-load eases; after a crash it catches up from the spool at start. Every
+files are new, mostly as the core handed them over (``Core.feed_history``: the lookup values
+already hashed). The thread never touches Python (no GIL) and runs below ingest's priority
+(``[history] indexer_priority``: "low", nice 10, keeps up with a saturating load at a cost of up
+to ~10% of its throughput; "idle", SCHED_IDLE, takes only CPU ingest leaves idle, so under a
+saturating load it lags and catches up when the load eases); after a crash it catches up from
+the spool at start. Every
 :data:`RETENTION_EVERY_SECS` it deletes events whose eventTime is older than
 ``[history] history_days`` in small transactions.
 
@@ -119,14 +122,13 @@ class EventHistory:
         self.failed = error
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the indexer thread (at idle CPU priority, so that indexing only takes CPU that
-        ingest leaves idle: under a saturating load it lags and catches up afterwards), enforce
-        retention every :data:`RETENTION_EVERY_SECS`; runs until cancelled, then stops the
+        """Start the indexer thread (below ingest's CPU priority, ``[history]
+        indexer_priority``), enforce retention every :data:`RETENTION_EVERY_SECS`; runs until cancelled, then stops the
         thread."""
         tid = self.core.start_indexer(
             str(self.spool_dir), poll_ms=int(POLL_SECS * 1000), batch=BATCH_EVENTS
         )
-        lower_priority(tid)
+        lower_priority(tid, idle=self.config.indexer_priority == "idle")
         metrics.HISTORY_INDEXED.set_function(self.core.indexed)
         metrics.HISTORY_FED.set_function(self.core.fed)
         task_status.started()
@@ -208,17 +210,24 @@ class EventHistory:
         return len(gone)
 
 
-def lower_priority(tid: int) -> None:
-    """Give the thread ``tid`` Linux's SCHED_IDLE policy (it runs only when a CPU is otherwise
-    idle), else the lowest nice value; no-op where neither is possible."""
+LOW_NICE = 10
+"""The indexer's nice value with ``indexer_priority = "low"``: below ingest's threads, yet enough
+CPU to keep up with a saturating load (BENCHMARKS.md)."""
+
+
+def lower_priority(tid: int, *, idle: bool) -> None:
+    """Lower the thread ``tid``'s CPU priority: with ``idle``, Linux's SCHED_IDLE policy (it runs
+    only when a CPU is otherwise idle; else the lowest nice value), without it nice
+    :data:`LOW_NICE`. No-op where that is not possible."""
     if tid <= 0:
         return
+    if idle:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError):
+            pass
     try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, 19)
+        os.setpriority(os.PRIO_PROCESS, tid, 19 if idle else LOW_NICE)
     except (AttributeError, OSError):
         log.debug("event history: cannot lower the indexer thread's priority")
