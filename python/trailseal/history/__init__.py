@@ -123,8 +123,8 @@ class EventHistory:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the indexer thread (below ingest's CPU priority, ``[history]
-        indexer_priority``), enforce retention every :data:`RETENTION_EVERY_SECS`; runs until cancelled, then stops the
-        thread."""
+        indexer_priority``), enforce retention every :data:`RETENTION_EVERY_SECS`; runs until
+        cancelled, then stops the thread."""
         tid = self.core.start_indexer(
             str(self.spool_dir), poll_ms=int(POLL_SECS * 1000), batch=BATCH_EVENTS
         )
