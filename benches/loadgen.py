@@ -349,7 +349,7 @@ def trails_toml(trails: Mapping[str, Mapping[str, object]]) -> str:
 
 HISTORY_ENABLED = True
 """``[history] enabled`` of the benchmark's daemons (``--history on|off``)."""
-HISTORY_PRIORITY = "low"
+HISTORY_PRIORITY = "idle"
 """``[history] indexer_priority`` of the benchmark's daemons (``--history-priority``)."""
 
 
@@ -1142,9 +1142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--history-priority",
-        choices=("low", "idle"),
-        default="low",
-        help="the history indexer's CPU priority ([history] indexer_priority; default low)",
+        choices=("idle", "low"),
+        default="idle",
+        help="the history indexer's CPU priority ([history] indexer_priority; default idle)",
     )
     args = parser.parse_args(argv)
     global HISTORY_ENABLED, HISTORY_PRIORITY

@@ -226,7 +226,7 @@ def test_missing_file(clean_env: Path) -> None:
         ("[daemon]\nshutdown_timeout_secs = 0\n", "[daemon] shutdown_timeout_secs: 0 is out of"),
         (
             '[history]\nindexer_priority = "high"\n',
-            "[history] indexer_priority: 'high' is not one of 'low', 'idle'",
+            "[history] indexer_priority: 'high' is not one of 'idle', 'low'",
         ),
     ],
 )

@@ -193,8 +193,8 @@ def test_events_older_than_history_days_are_never_returned(
     daemon: Callable[..., DaemonProcess],
 ) -> None:
     port = free_tcp_port()
-    d = start(daemon, port, history={"history_days": 1, "indexer_priority": "idle"})
-    assert indexer_stat(d.pid, 41) == 5  # the thread's policy: SCHED_IDLE
+    d = start(daemon, port, history={"history_days": 1, "indexer_priority": "low"})
+    assert indexer_stat(d.pid, 19) == 10  # the thread's nice value
     now = int(time.time())
     ages = {"old": 3 * 86400, "edge": 86400 + 600, "fresh": 3600, "new": 60}
     lines = []
@@ -231,10 +231,6 @@ def indexer_stat(pid: int, field: int) -> int:
     raise AssertionError("no history-indexer thread")
 
 
-def indexer_nice(pid: int) -> int:
-    return indexer_stat(pid, 19)
-
-
 def metric(port: int, name: str) -> float:
     import urllib.request
 
@@ -252,7 +248,7 @@ def test_the_history_indexes_what_the_core_hands_over(
     the history indexes them without reading the spool back; lookups find what was sent."""
     port = free_tcp_port()
     d = start(daemon, port)
-    assert indexer_nice(d.pid) == 10  # [history] indexer_priority = "low", the default
+    assert indexer_stat(d.pid, 41) == 5  # the default [history] indexer_priority: SCHED_IDLE
     with d.connect_unix() as sock:
         sock.sendall(b"".join(event(i) for i in range(3000)))
         sock.shutdown(1)

@@ -6,10 +6,10 @@ from Python). :meth:`EventHistory.run` starts the core's indexer thread, which t
 every :data:`POLL_SECS` (or sooner when poked) it indexes whatever whole zstd frames and sealed
 files are new, mostly as the core handed them over (``Core.feed_history``: the lookup values
 already hashed). The thread never touches Python (no GIL) and runs below ingest's priority
-(``[history] indexer_priority``: "low", nice 10, keeps up with a saturating load at a cost of up
-to ~10% of its throughput; "idle", SCHED_IDLE, takes only CPU ingest leaves idle, so under a
-saturating load it lags and catches up when the load eases); after a crash it catches up from
-the spool at start. Every
+(``[history] indexer_priority``: "idle", the default, SCHED_IDLE, takes only CPU ingest leaves
+idle, so under a long saturating load it lags and catches up when the load eases; "low", nice
+10, keeps up even then, at a cost to ingest's throughput); after a crash it catches up from the
+spool at start. Every
 :data:`RETENTION_EVERY_SECS` it deletes events whose eventTime is older than
 ``[history] history_days`` in small transactions.
 
@@ -211,8 +211,8 @@ class EventHistory:
 
 
 LOW_NICE = 10
-"""The indexer's nice value with ``indexer_priority = "low"``: below ingest's threads, yet enough
-CPU to keep up with a saturating load (BENCHMARKS.md)."""
+"""The indexer's nice value with ``indexer_priority = "low"``: below ingest's threads, yet
+enough CPU to keep up with a saturating load (BENCHMARKS.md)."""
 
 
 def lower_priority(tid: int, *, idle: bool) -> None:
