@@ -274,3 +274,34 @@ def test_the_history_indexes_what_the_core_hands_over(
         want = {f"crash-{i:07d}" for i in range(3000) if event(i).find(name.encode()) >= 0}
         assert found == want, name
     assert d.stop() == 0, d.stderr()
+
+
+def test_a_database_of_another_schema_is_moved_aside(
+    daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    """An upgrade: the old database is kept beside a new one, with a WARNING that says how to
+    get the older events back; new events are findable at once."""
+    import sqlite3
+
+    from trailseal import _core
+
+    data_dir = tmp_path / "data"
+    (data_dir / "history").mkdir(parents=True)
+    old = data_dir / "history" / "events.db"
+    with sqlite3.connect(old) as db:  # what an older trailseal left (a test fixture)
+        db.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        db.execute("INSERT INTO meta VALUES('schema', ?)", (_core.HISTORY_SCHEMA - 1,))
+    db.close()
+    port = free_tcp_port()
+    d = start(daemon, port, data_dir=data_dir)
+    aside = data_dir / "history" / f"events.db.schema{_core.HISTORY_SCHEMA - 1}"
+    assert aside.exists()
+    assert "trailseal history rebuild" in d.stderr()
+    assert _core.history_schema(str(old)) == _core.HISTORY_SCHEMA
+    with d.connect_unix() as sock:
+        sock.sendall(b"".join(event(i) for i in range(10)))
+        sock.shutdown(1)
+        assert list(read_replies(sock))[-1] == {"ack": 10}
+    client = cloudtrail_client(d.config_path, endpoint_url=f"http://127.0.0.1:{port}")
+    wait_until(lambda: not find_all(client, ["crash-0000009"]), timeout=30, what="event 9")
+    assert d.stop() == 0, d.stderr()

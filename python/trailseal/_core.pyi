@@ -373,3 +373,10 @@ def limit_malloc_arenas(arenas: int) -> bool:
     """Let glibc's malloc keep at most ``arenas`` arenas for threads made from now on
     (``mallopt(M_ARENA_MAX)``); False where the C library is not glibc. The daemon calls it at
     start, before its threads exist."""
+
+HISTORY_SCHEMA: int
+"""The history database schema this trailseal reads and writes."""
+
+def history_schema(path: str | os.PathLike[str]) -> int | None:
+    """The schema version of the history database at ``path``, without changing it (None: no
+    file, or no version). Raises CoreError when it is not a SQLite database."""

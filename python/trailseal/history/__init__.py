@@ -73,7 +73,23 @@ class EventHistory:
 
     @classmethod
     async def open(cls, data_dir: Path, config: HistoryConfig) -> EventHistory:
+        """Open (creating) the database. One written by another trailseal's schema is moved
+        aside (``events.db.schemaN``) with a WARNING and a new one started: new events are
+        findable at once, older ones again after ``trailseal history rebuild``."""
         path = database_path(data_dir)
+        found = await trio.to_thread.run_sync(_core.history_schema, str(path))
+        if found is not None and found != _core.HISTORY_SCHEMA:
+            aside = move_aside(path, f"schema{found}")
+            log.warning(
+                "event history: %s was written by another trailseal (schema %d; this one reads "
+                "%d): moved it to %s and started a new one. LookupEvents finds new events at "
+                "once; to find the events delivered before now again, stop the daemon and run "
+                "`trailseal history rebuild`",
+                path,
+                found,
+                _core.HISTORY_SCHEMA,
+                aside,
+            )
         core = await trio.to_thread.run_sync(_core.History, str(path))
         return cls(core, data_dir / "spool", config)
 
@@ -213,6 +229,22 @@ class EventHistory:
 LOW_NICE = 10
 """The indexer's nice value with ``indexer_priority = "low"``: below ingest's threads, yet
 enough CPU to keep up with a saturating load (BENCHMARKS.md)."""
+
+
+def move_aside(path: Path, tag: str) -> Path:
+    """Rename the database ``path`` and its WAL files to ``<path>.<tag>`` (``.<tag>.1``, … when
+    taken); returns the new path."""
+    aside = path.with_name(f"{path.name}.{tag}")
+    n = 0
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.{tag}.{n}")
+    for suffix in ("-wal", "-shm"):
+        extra = Path(f"{path}{suffix}")
+        if extra.exists():
+            extra.rename(f"{aside}{suffix}")
+    path.rename(aside)
+    return aside
 
 
 def lower_priority(tid: int, *, idle: bool) -> None:

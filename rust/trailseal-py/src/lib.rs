@@ -781,7 +781,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_selectors, m)?)?;
     m.add_function(wrap_pyfunction!(selector_matches, m)?)?;
     m.add_function(wrap_pyfunction!(limit_malloc_arenas, m)?)?;
+    m.add_function(wrap_pyfunction!(history_schema, m)?)?;
+    m.add("HISTORY_SCHEMA", history::SCHEMA_VERSION)?;
     Ok(())
+}
+
+/// The schema version of the history database at `path` (None: no file, or no version).
+#[pyfunction]
+fn history_schema(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Option<i64>> {
+    py.detach(|| history::schema_of(&path)).map_err(core_err)
 }
 
 /// Let glibc's malloc keep at most `arenas` arenas (`mallopt(M_ARENA_MAX)`) for threads made from

@@ -62,7 +62,33 @@ mod row;
 pub use feed::{EventLookup, FedEvent, FedFrame, Feed, LookupHashes};
 
 /// Bumped when the schema changes (an older file is refused: rebuild it).
-const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 6;
+
+/// The schema version of the history database at `path`, without changing it: None when there
+/// is no file (or it has no version); an error when it is not a SQLite database.
+pub fn schema_of(path: &Path) -> Result<Option<i64>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| db_err(path, "open", e))?;
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(|e| db_err(path, "read the schema", e))?;
+    if !has_meta {
+        return Ok(None);
+    }
+    conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(|e| db_err(path, "read the schema version", e))
+}
 
 /// rid bits of an event's position in its chunk.
 pub(crate) const CHUNK_BITS: u32 = 20;
@@ -2375,6 +2401,14 @@ mod tests {
             panic!("an older schema was opened");
         };
         assert!(e.to_string().contains("trailseal history rebuild"), "{e}");
+        assert_eq!(schema_of(&path).expect("schema"), Some(SCHEMA_VERSION - 1));
+        assert_eq!(schema_of(&dir.0.join("none.db")).expect("schema"), None);
+        std::fs::write(
+            dir.0.join("junk.db"),
+            b"not a database, not at all".repeat(200),
+        )
+        .expect("write");
+        assert!(schema_of(&dir.0.join("junk.db")).is_err());
     }
 
     #[test]
