@@ -396,8 +396,7 @@ async def _serve(
                         HttpIngest(ingest).install(api)
                         metrics.CONNECTIONS.set_function(lambda: ingest.connections)
                         async with trio.open_nursery() as listeners:
-                            for sock, kind in prepared.sockets:
-                                await listeners.start(ingest.serve, sock, kind)
+                            await listeners.start(ingest.serve_all, prepared.sockets)
                             _sd_notify(b"READY=1")
                             log.info("ready")
                             await stop.wait()

@@ -50,7 +50,7 @@ class ListenError(TrailsealError):
 def bind_unix(path: Path, mode: int, group: str) -> socket.socket:
     """Bind the unix socket: refuse a path served by a live process, replace a stale one.
 
-    The socket is bound, not yet listening: :meth:`Ingest.serve` listens once the daemon is
+    The socket is bound, not yet listening: :meth:`Ingest.serve_all` listens once the daemon is
     ready, so a client (or a test) that can connect knows the daemon handles signals."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -160,16 +160,30 @@ class Ingest:
         for scope in list(self._read_scopes):
             scope.cancel()
 
-    async def serve(
+    async def serve_all(
+        self,
+        sockets: list[tuple[socket.socket, str]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on every bound socket (kind "unix" or "tcp") at once, so a client that reached
+        one listener can reach them all, then accept on each until :meth:`stop`; return when
+        every connection has finished."""
+        for sock, _ in sockets:
+            sock.listen(socket.SOMAXCONN)
+        async with trio.open_nursery() as nursery:
+            for sock, kind in sockets:
+                await nursery.start(self._serve, sock, kind)
+            task_status.started()
+
+    async def _serve(
         self,
         sock: socket.socket,
         kind: str,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections on ``sock`` (kind "unix" or "tcp") until :meth:`stop`; return when
-        every connection has finished."""
-        sock.listen(socket.SOMAXCONN)
+        """Accept connections on the listening ``sock`` (kind "unix" or "tcp")."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         scope = trio.CancelScope()
         self._accept_scopes.append(scope)
