@@ -848,14 +848,19 @@ struct StreamBatch {
     /// `batch.content`.
     fed: Vec<FedEvent>,
     ends: Vec<usize>,
+    /// `batch.content` up to here is cut into `frames`.
+    cut: usize,
+    /// The frames cut so far, in order: their content's range in `batch.content` and, once
+    /// compressed, their bytes.
+    frames: Vec<(std::ops::Range<usize>, Option<Vec<u8>>)>,
 }
 
 /// Batches with fewer lines than this are staged on the calling thread.
 const MIN_PARALLEL_LINES: usize = 64;
 /// Slices per thread in the per-event stage (more than one evens out uneven events).
-const SLICES_PER_THREAD: usize = 4;
+const SLICES_PER_THREAD: usize = 8;
 /// Smallest frame content a batch is cut into for parallel compression (smaller frames compress
-/// worse and gain little).
+/// worse and gain little); the sequencer cuts a frame as soon as a stream has gathered this much.
 const MIN_PARALLEL_FRAME: usize = 1 << 20;
 /// Largest frame content a large batch is cut into: the event history keeps frames up to this
 /// size as they are (a lookup decompresses one to read a record).
@@ -892,40 +897,75 @@ fn stage_slice(
     out
 }
 
+/// What takes the staged slices in input order (the [`Sequencer`]).
+trait InOrder {
+    fn take(&mut self, staged: Staged);
+    /// Called while the next slice is not staged yet: do one piece of deferrable work and say
+    /// whether there was any.
+    fn idle(&mut self) -> bool;
+}
+
 /// The per-event stage over all lines: rayon over contiguous slices (on the global pool, driven
-/// from a helper thread), each slice handed to `consume` on the calling thread in input order as
+/// from a helper thread), each slice handed to `consumer` on the calling thread in input order as
 /// soon as it and every slice before it are done, so the sequential work overlaps the parallel
-/// one. With one thread, or a small batch, everything runs on the calling thread.
+/// one (and while it waits, the consumer does deferrable work). With one thread, or a small
+/// batch, everything runs on the calling thread.
 fn stage_in_order(
     lines: &[Line<'_>],
     contexts: &[EventContext<'_>],
     selectors: &[Selectors],
-    mut consume: impl FnMut(Staged),
+    consumer: &mut impl InOrder,
 ) {
     let threads = rayon::current_num_threads().max(1);
     if lines.len() < MIN_PARALLEL_LINES || threads == 1 {
-        consume(stage_slice(lines, contexts, selectors));
+        consumer.take(stage_slice(lines, contexts, selectors));
         return;
     }
     let per_slice = lines.len().div_ceil(threads * SLICES_PER_THREAD).max(16);
     let slices = lines.len().div_ceil(per_slice);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Staged)>();
+    // Each worker claims the next slice in input order, so slices finish about in order and the
+    // consumer follows right behind (rayon's splitting would finish the second half early and
+    // leave it all to the consumer at the end, the workers idle).
+    let claimed = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            lines
-                .par_chunks(per_slice)
-                .enumerate()
-                .for_each_with(tx, |tx, (i, slice)| {
-                    // the receiver lives until every sender is gone
-                    let _ = tx.send((i, stage_slice(slice, contexts, selectors)));
-                });
+        scope.spawn(|| {
+            rayon::scope(|workers| {
+                for _ in 0..threads.min(slices) {
+                    let tx = tx.clone();
+                    let claimed = &claimed;
+                    workers.spawn(move |_| loop {
+                        let i = claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= slices {
+                            break;
+                        }
+                        let slice = &lines[i * per_slice..((i + 1) * per_slice).min(lines.len())];
+                        // the receiver lives until every sender is gone
+                        let _ = tx.send((i, stage_slice(slice, contexts, selectors)));
+                    });
+                }
+            });
+            drop(tx);
         });
         let mut pending: Vec<Option<Staged>> = (0..slices).map(|_| None).collect();
         let mut next = 0usize;
-        for (i, staged) in rx {
+        loop {
+            let (i, staged) = match rx.try_recv() {
+                Ok(received) => received,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    if consumer.idle() {
+                        continue;
+                    }
+                    match rx.recv() {
+                        Ok(received) => received,
+                        Err(_) => break,
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            };
             pending[i] = Some(staged);
             while let Some(ready) = pending.get_mut(next).and_then(Option::take) {
-                consume(ready);
+                consumer.take(ready);
                 next += 1;
             }
         }
@@ -967,7 +1007,9 @@ fn feed_frames(
     }
 }
 
-/// The sequential part of `process`, fed the staged slices in input order.
+/// The sequential part of `process`, fed the staged slices in input order. While it waits for
+/// the next slice it compresses the frames its streams have filled so far, so that compression
+/// overlaps the per-event stage instead of following it.
 struct Sequencer<'a> {
     dedup: &'a mut Dedup,
     trails: &'a [Trail],
@@ -976,10 +1018,48 @@ struct Sequencer<'a> {
     targets: Vec<usize>,
     room: usize,
     res: &'a mut BatchResult,
+    zstd_level: i32,
+    /// The first compression error (the batch then fails as a whole).
+    error: Option<CoreError>,
+}
+
+impl InOrder for Sequencer<'_> {
+    fn take(&mut self, staged: Staged) {
+        self.take_slice(staged);
+        // Cut what a stream has gathered into frames once there is enough for a good one.
+        for s in &mut self.streams {
+            let len = s.batch.content.len();
+            if len - s.cut >= MIN_PARALLEL_FRAME {
+                let mut start = s.cut;
+                for piece in segment::frame_pieces(&s.batch.content[s.cut..], MAX_PARALLEL_FRAME) {
+                    s.frames.push((start..start + piece.len(), None));
+                    start += piece.len();
+                }
+                s.cut = len;
+            }
+        }
+    }
+
+    fn idle(&mut self) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        for s in &mut self.streams {
+            if let Some((range, out)) = s.frames.iter_mut().find(|(_, out)| out.is_none()) {
+                match segment::compress_frame_here(self.zstd_level, &s.batch.content[range.clone()])
+                {
+                    Ok(frame) => *out = Some(frame),
+                    Err(e) => self.error = Some(e),
+                }
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl Sequencer<'_> {
-    fn take(&mut self, staged: Staged) {
+    fn take_slice(&mut self, staged: Staged) {
         let Staged { buf, outcomes } = staged;
         let res = &mut *self.res;
         let mut event_start = 0usize;
@@ -1058,6 +1138,8 @@ impl Sequencer<'_> {
                             hashed: 0,
                             fed: Vec::new(),
                             ends: Vec::new(),
+                            cut: 0,
+                            frames: Vec::new(),
                         });
                         self.streams.len() - 1
                     }
@@ -1238,10 +1320,13 @@ impl Spool {
             targets: Vec::new(),
             room,
             res: &mut res,
+            zstd_level: self.cfg.zstd_level,
+            error: None,
         };
-        stage_in_order(&lines, &contexts, &self.selectors, |staged| {
-            seq.take(staged)
-        });
+        stage_in_order(&lines, &contexts, &self.selectors, &mut seq);
+        if let Some(e) = seq.error {
+            return self.fail(Err(e));
+        }
         let streams = seq.streams;
         drop(contexts);
 
@@ -1256,7 +1341,7 @@ impl Spool {
     /// Append each stream's batch (its frames cut between events), creating segments as needed
     /// (in the order the streams were first touched, which is the order their seqs are taken).
     /// Every frame is compressed in parallel (the content hashes were taken while sequencing).
-    fn append_all(&mut self, streams: Vec<StreamBatch>) -> Result<(u64, u64)> {
+    fn append_all(&mut self, mut streams: Vec<StreamBatch>) -> Result<(u64, u64)> {
         if streams.is_empty() {
             return Ok((0, 0));
         }
@@ -1279,42 +1364,61 @@ impl Spool {
                 trail.open.insert(key, seg);
             }
         }
-        // The frames: a large batch is cut into about one frame per thread (never less than
-        // MIN_PARALLEL_FRAME bytes each, nor more than MAX_PARALLEL_FRAME, as many as a multiple
-        // of the threads) so that they compress in parallel.
+        // The frames not cut while sequencing: a large rest is cut into about one frame per
+        // thread (never less than MIN_PARALLEL_FRAME bytes each, nor more than
+        // MAX_PARALLEL_FRAME, as many as a multiple of the threads) so that they compress in
+        // parallel, with every frame cut before and not compressed yet.
         let threads = rayon::current_num_threads().max(1);
-        let pieces: Vec<(usize, &[u8])> = streams
+        for s in &mut streams {
+            let len = s.batch.content.len() - s.cut;
+            let mut target = len.div_ceil(threads).max(MIN_PARALLEL_FRAME);
+            if target > MAX_PARALLEL_FRAME {
+                let n = len.div_ceil(MAX_PARALLEL_FRAME).next_multiple_of(threads);
+                target = len.div_ceil(n).max(MIN_PARALLEL_FRAME);
+            }
+            let mut start = s.cut;
+            for piece in segment::frame_pieces(&s.batch.content[s.cut..], target) {
+                s.frames.push((start..start + piece.len(), None));
+                start += piece.len();
+            }
+            s.cut = start;
+        }
+        let level = self.cfg.zstd_level;
+        let todo: Vec<(usize, usize)> = streams
             .iter()
             .enumerate()
             .flat_map(|(si, s)| {
-                let len = s.batch.content.len();
-                let mut target = len.div_ceil(threads).max(MIN_PARALLEL_FRAME);
-                if target > MAX_PARALLEL_FRAME {
-                    let n = len.div_ceil(MAX_PARALLEL_FRAME).next_multiple_of(threads);
-                    target = len.div_ceil(n).max(MIN_PARALLEL_FRAME);
-                }
-                segment::frame_pieces(&s.batch.content, target)
-                    .into_iter()
-                    .map(move |p| (si, p))
+                s.frames
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, out))| out.is_none())
+                    .map(move |(fi, _)| (si, fi))
             })
             .collect();
-        let level = self.cfg.zstd_level;
-        let frames = pieces
+        let compressed: Vec<Vec<u8>> = todo
             .par_iter()
-            .map(|(_, piece)| segment::compress_frame_here(level, piece))
-            .collect::<Result<Vec<_>>>();
-        let frames = frames?;
+            .map(|&(si, fi)| {
+                let s = &streams[si];
+                segment::compress_frame_here(level, &s.batch.content[s.frames[fi].0.clone()])
+            })
+            .collect::<Result<_>>()?;
+        for (&(si, fi), frame) in todo.iter().zip(compressed) {
+            streams[si].frames[fi].1 = Some(frame);
+        }
         // each stream's frames, written with one write; (content length, compressed length)
         type Frames = (Vec<u8>, Vec<(usize, usize)>);
-        let mut per_stream: Vec<Frames> = streams.iter().map(|_| Default::default()).collect();
-        for ((si, piece), f) in pieces.iter().zip(frames) {
-            let (bytes, lens) = &mut per_stream[*si];
-            lens.push((piece.len(), f.len()));
-            if bytes.is_empty() {
-                *bytes = f;
-            } else {
-                bytes.extend_from_slice(&f);
+        let mut per_stream: Vec<Frames> = Vec::with_capacity(streams.len());
+        for s in &mut streams {
+            let size = s.frames.iter().flat_map(|(_, out)| out).map(Vec::len).sum();
+            let (mut bytes, mut lens) = (Vec::with_capacity(size), Vec::new());
+            for (range, out) in s.frames.drain(..) {
+                let frame = out.ok_or_else(|| {
+                    CoreError::Invalid("internal: a frame left uncompressed".into())
+                })?;
+                lens.push((range.len(), frame.len()));
+                bytes.extend_from_slice(&frame);
             }
+            per_stream.push((bytes, lens));
         }
         let (mut uncompressed, mut compressed) = (0u64, 0u64);
         for (s, (frames, lens)) in streams.into_iter().zip(per_stream) {

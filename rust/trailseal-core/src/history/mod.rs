@@ -94,7 +94,7 @@ pub fn schema_of(path: &Path) -> Result<Option<i64>> {
 pub(crate) const CHUNK_BITS: u32 = 20;
 /// The largest spool frame (decompressed bytes) kept as a chunk as it is: a lookup decompresses
 /// one chunk per chunk it returns events from (~1 ms for 2 MiB).
-pub(crate) const VERBATIM_MAX: usize = 2 << 20;
+pub const VERBATIM_MAX: usize = 2 << 20;
 /// Events per chunk made by the history itself.
 const LOOSE_EVENTS: usize = 64;
 /// zstd level of record chunks (fast: the indexer must keep up with ingest).
