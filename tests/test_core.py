@@ -6,6 +6,7 @@ The sealed files are checked with python-zstandard and the pure-Python reference
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -255,6 +256,35 @@ def test_frames_per_batch_and_stream(spool: Path) -> None:
         raw = obj.unused_data
         frames += 1
     assert frames == 2
+
+
+def test_data_in_pieces_is_processed_as_if_joined(tmp_path: Path) -> None:
+    data, parts = batch(
+        [ev("p1"), b"{not json", ev("p2")],
+        [ev("p3"), b"", ev("p4", "GetObject")],
+        [],
+        [b"[1]", ev("p5")],
+    )
+    ends = [0] + [end for end, *_ in parts]
+    pieces = [data[a:b] for a, b in itertools.pairwise(ends)]
+    sealed = []
+    for name, arg in (("joined", data), ("pieces", pieces)):
+        core = open_core(tmp_path / name)
+        r = core.process(arg, parts)
+        assert (r.accepted, r.rejected, r.lines) == (5, 2, [3, 2, 0, 2])
+        assert [(p, n, code) for p, n, code, _ in r.errors] == [
+            (0, 2, "InvalidJson"),
+            (3, 1, "NotAnObject"),
+        ]
+        s = core.seal("t", ACCOUNT, REGION, "k")
+        assert s is not None
+        sealed.append(decompress(Path(s.path).read_bytes(), "zstd"))
+    assert sealed[0] == sealed[1]
+    # several parts in one piece are fine; a part across two pieces is refused, nothing written
+    core = open_core(tmp_path / "bad")
+    assert core.process([data[: ends[2]], data[ends[2] :]], parts).accepted == 5
+    with pytest.raises(_core.CoreError, match=r"part 0 \(bytes 0..\d+\) spans two pieces"):
+        core.process([data[:10], data[10:]], parts)
 
 
 def test_errors_are_trailseal_errors(spool: Path, tmp_path: Path) -> None:

@@ -177,10 +177,14 @@ class Core:
         (hashed while the events are built), so that it indexes them without reading the spool
         back (None: stop). Only a cache: what it misses, the history reads from the files."""
 
-    def process(self, data: bytes, parts: list[tuple[int, str, str | None, int]]) -> BatchResult:
+    def process(
+        self, data: bytes | list[bytes], parts: list[tuple[int, str, str | None, int]]
+    ) -> BatchResult:
         """Process one batch. ``data`` is whole NDJSON lines (``\\n`` or ``\\r\\n``; blank lines are
-        skipped and not counted). ``parts`` splits it by source: (end offset in ``data``, peer,
-        agent or None, receivedAt in epoch milliseconds); the parts cover ``data`` in order.
+        skipped and not counted), as one ``bytes`` or a list of them (read where they are, never
+        joined). ``parts`` splits it by source: (end offset in ``data`` — in the list's
+        concatenation —, peer, agent or None, receivedAt in epoch milliseconds); the parts cover
+        ``data`` in order, and no part spans two items of a list.
         Per line: parse, validate, fill defaults, add receipt, canonicalize, evaluate every
         trail's selectors, dedup, route to the trails that select it, chain, and append the
         batch's zstd frames (one per touched stream, or several cut between events when it is

@@ -284,11 +284,11 @@ async def process_batch(
         if isinstance(sub.item, Chunk):
             end += len(sub.item.data)
             parts.append((end, sub.connection.peer, sub.connection.agent, sub.received_ms))
-    data = b"".join([chunk.data for chunk in chunks])
+    pieces = [chunk.data for chunk in chunks]  # not joined: the core reads them where they are
     core = runner.core
 
     def work() -> tuple[_core.BatchResult, _core.PendingSync, list[_core.OpenSegment]]:
-        return core.process(data, parts), core.prepare_sync(), core.open_segments()
+        return core.process(pieces, parts), core.prepare_sync(), core.open_segments()
 
     result, pending, segments = await runner.call(work)
     stats.batches += 1
@@ -296,7 +296,7 @@ async def process_batch(
     stats.duplicates += result.duplicates
     stats.rejected += result.rejected
     metrics.BATCHES.inc()
-    metrics.INPUT_BYTES.inc(len(data))
+    metrics.INPUT_BYTES.inc(end)
     metrics.EVENTS_ACCEPTED.inc(result.accepted)
     metrics.EVENTS_DUPLICATE.inc(result.duplicates)
     if result.lines != [chunk.lines for chunk in chunks]:

@@ -1246,22 +1246,45 @@ impl Spool {
 
     /// Process one batch (see `_core.pyi`).
     pub fn process(&mut self, data: &[u8], parts: &[Part]) -> Result<BatchResult> {
+        self.process_pieces(&[data], parts)
+    }
+
+    /// [`Spool::process`] over data in pieces (as received, without joining them first): the
+    /// parts' end offsets count through the pieces in order, and no part spans two pieces.
+    pub fn process_pieces(&mut self, pieces: &[&[u8]], parts: &[Part]) -> Result<BatchResult> {
         self.check()?;
-        let mut start = 0usize;
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        // each part's bytes, within one piece
+        let mut part_data: Vec<&[u8]> = Vec::with_capacity(parts.len());
+        let (mut start, mut piece, mut piece_start) = (0usize, 0usize, 0usize);
         for (i, p) in parts.iter().enumerate() {
-            if p.end < start || p.end > data.len() {
+            if p.end < start || p.end > total {
                 return Err(CoreError::Invalid(format!(
-                    "part {i} ends at offset {} but must end between {start} and {} (the data length)",
-                    p.end,
-                    data.len()
+                    "part {i} ends at offset {} but must end between {start} and {total} (the data length)",
+                    p.end
                 )));
             }
+            // move to the piece holding the part's first byte (an empty part: where it starts)
+            while piece < pieces.len()
+                && piece_start + pieces[piece].len() <= start
+                && p.end > start
+            {
+                piece_start += pieces[piece].len();
+                piece += 1;
+            }
+            let in_piece = pieces.get(piece).copied().unwrap_or_default();
+            if p.end > piece_start + in_piece.len() {
+                return Err(CoreError::Invalid(format!(
+                    "part {i} (bytes {start}..{}) spans two pieces of the data",
+                    p.end
+                )));
+            }
+            part_data.push(&in_piece[start - piece_start..p.end - piece_start]);
             start = p.end;
         }
-        if start != data.len() {
+        if start != total {
             return Err(CoreError::Invalid(format!(
-                "the parts cover {start} bytes but the data holds {}",
-                data.len()
+                "the parts cover {start} bytes but the data holds {total}"
             )));
         }
         let mut res = BatchResult {
@@ -1289,11 +1312,10 @@ impl Spool {
                 index: self.feed.is_some(),
             })
             .collect();
-        let mut lines = Vec::with_capacity(data.len() / 1024 + 16);
-        let mut start = 0usize;
-        for (pi, part) in parts.iter().enumerate() {
+        let mut lines = Vec::with_capacity(total / 1024 + 16);
+        for (pi, data) in part_data.iter().enumerate() {
             let mut lineno = 0u64;
-            for text in lines::non_blank(&data[start..part.end]) {
+            for text in lines::non_blank(data) {
                 lineno += 1;
                 lines.push(Line {
                     part: pi,
@@ -1302,7 +1324,6 @@ impl Spool {
                 });
             }
             res.lines[pi] = lineno;
-            start = part.end;
         }
 
         // 1. parse, validate, fill defaults, canonicalize and hash every event: in parallel over
@@ -1311,7 +1332,7 @@ impl Spool {
         // 2. dedup, routing, the chain, appending to each stream's batch and its content hash.
         // Room for every event of the batch in any one stream (canonical events grow by their
         // defaults and receipt): the stream buffers rarely regrow; untouched pages cost nothing.
-        let room = data.len() + lines.len() * 640 + segment::HEADER.len();
+        let room = total + lines.len() * 640 + segment::HEADER.len();
         let mut seq = Sequencer {
             dedup: &mut self.dedup,
             trails: &self.trails,

@@ -223,6 +223,14 @@ impl TrailSpec {
     }
 }
 
+/// A batch's data as `Core.process` takes it: one `bytes`, or a list of them (the chunks as
+/// received, not joined first).
+#[derive(FromPyObject)]
+enum BatchData {
+    One(pyo3::pybacked::PyBackedBytes),
+    Pieces(Vec<pyo3::pybacked::PyBackedBytes>),
+}
+
 /// A trail as `Core` takes it: a name (default settings) or a `TrailSpec`.
 #[derive(FromPyObject)]
 enum TrailArg {
@@ -344,7 +352,7 @@ impl Core {
     fn process(
         &self,
         py: Python<'_>,
-        data: &[u8],
+        data: BatchData,
         parts: Vec<(usize, String, Option<String>, i64)>,
     ) -> PyResult<BatchResult> {
         let parts: Vec<Part> = parts
@@ -356,8 +364,12 @@ impl Core {
                 received_at_ms,
             })
             .collect();
+        let pieces: Vec<&[u8]> = match &data {
+            BatchData::One(data) => vec![&data[..]],
+            BatchData::Pieces(pieces) => pieces.iter().map(|p| &p[..]).collect(),
+        };
         let r = py
-            .detach(|| self.lock()?.process(data, &parts))
+            .detach(|| self.lock()?.process_pieces(&pieces, &parts))
             .map_err(core_err)?;
         Ok(BatchResult {
             accepted: r.accepted,
