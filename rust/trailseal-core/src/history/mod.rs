@@ -1261,7 +1261,8 @@ fn insert_events(
     let first_cid = w.next_cid;
     let mut next_cid = w.next_cid;
     let mut ids = ahash::AHashSet::new();
-    let mut posts = postings::NewPosts::default();
+    let events: usize = pieces.iter().map(Piece::len).sum();
+    let mut posts = postings::NewPosts::with_room(events);
     // Take one event (its lookup values hashed): its postings under `rid`; false when its
     // eventID was indexed already.
     let mut take_hashed = |f: &IndexFields, values: &[(AttrKey, u64)], rid: i64| -> bool {

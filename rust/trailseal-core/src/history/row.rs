@@ -68,8 +68,8 @@ pub fn encode(posts: &[Post], out: &mut Vec<u8>) {
     };
     let base_time = posts.iter().map(|p| p.time).max().unwrap_or(0) / unit;
     let base_rid = posts.first().map_or(0, |p| p.rid);
-    let mut hashes: Vec<u64> = Vec::new();
-    let mut ends: Vec<u32> = Vec::new();
+    let mut hashes: Vec<u64> = Vec::with_capacity(posts.len());
+    let mut ends: Vec<u32> = Vec::with_capacity(posts.len());
     let mut runs: Vec<u8> = Vec::with_capacity(posts.len() * 4);
     let mut prev = (0i64, 0i64);
     for (i, p) in posts.iter().enumerate() {
