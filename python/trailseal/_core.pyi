@@ -296,7 +296,8 @@ class History:
     ) -> int:
         """Start a thread (once) that runs :meth:`index_spool` every ``poll_ms`` or when poked,
         never touching Python; returns its Linux thread id (0 when unknown) so the caller can
-        lower its CPU priority."""
+        lower its CPU priority. While ingest runs (the core fed it, or it was poked, within the
+        last 0.5 s) it leaves merging blocks for later."""
 
     def poke(self) -> None:
         """Make the indexer thread look at the spool now."""

@@ -126,6 +126,8 @@ struct FeedState {
     events: usize,
     /// Events left out because the feed was full.
     skipped: u64,
+    /// When the last frame was pushed (ingest is running).
+    last_push: Option<std::time::Instant>,
 }
 
 /// What [`Feed::take`] found for a file at an offset.
@@ -158,6 +160,7 @@ impl Feed {
     /// the file) when the feed is full or the frame is too large to be kept as it is.
     pub fn push(&self, trail: &str, seq: u64, frame: FedFrame) {
         let mut s = self.state();
+        s.last_push = Some(std::time::Instant::now());
         let n = frame.events.len();
         if s.events + n > self.max_events
             || frame.content_len > VERBATIM_MAX
@@ -171,6 +174,11 @@ impl Feed {
             .entry((trail.to_owned(), seq))
             .or_default()
             .push_back(frame);
+    }
+
+    /// How long ago the core last pushed a frame (None: never).
+    pub fn since_push(&self) -> Option<std::time::Duration> {
+        self.state().last_push.map(|t| t.elapsed())
     }
 
     /// The frames of `(trail, seq)` from `offset` on, consecutive, about `max_events` events
@@ -269,7 +277,10 @@ mod tests {
     #[test]
     fn take_returns_consecutive_frames_gaps_and_drops_stale_ones() {
         let feed = Feed::default();
+        assert_eq!(feed.since_push(), None);
         feed.push("t", 1, frame(0, 10, 2));
+        // a push tells the indexer that ingest runs
+        assert!(feed.since_push().is_some_and(|t| t < std::time::Duration::from_secs(5)));
         feed.push("t", 1, frame(10, 5, 3));
         feed.push("t", 1, frame(40, 5, 1)); // 15..40 was left out
         assert_eq!(feed.stats().0, 6);

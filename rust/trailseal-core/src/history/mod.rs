@@ -913,7 +913,7 @@ struct IndexerShared {
 #[derive(Default)]
 struct IndexerState {
     poked: bool,
-    /// When the last poke came (a group commit: ingest is running).
+    /// When the last poke came (a delivered file: ingest is running).
     last_poke: Option<std::time::Instant>,
     stop: bool,
     error: Option<String>,
@@ -1002,9 +1002,8 @@ impl Drop for Indexer {
     }
 }
 
-/// The share of its time the indexer works while ingest runs (see [`BUSY_WINDOW`]).
-const BUSY_SHARE: f64 = 0.3;
-/// Ingest counts as running when a group commit poked the indexer this recently.
+/// Ingest counts as running when a group commit fed the history (or a delivered file poked the
+/// indexer) this recently.
 const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn indexer_loop(
@@ -1014,7 +1013,11 @@ fn indexer_loop(
     batch: u64,
     shared: &IndexerShared,
 ) {
-    let busy_now = |st: &IndexerState| st.last_poke.is_some_and(|t| t.elapsed() < BUSY_WINDOW);
+    // ingest runs: a group commit fed the history, or a delivered file poked it, just now
+    let busy_now = |st: &IndexerState| {
+        st.last_poke.is_some_and(|t| t.elapsed() < BUSY_WINDOW)
+            || history.feed().since_push().is_some_and(|t| t < BUSY_WINDOW)
+    };
     loop {
         let r = loop {
             // While ingest runs, merging waits: it rewrites every posting once more.
@@ -1025,7 +1028,6 @@ fn indexer_loop(
             if let Err(e) = history.defer_merges(busy) {
                 break Err(e);
             }
-            let began = std::time::Instant::now();
             match history.index_spool(spool_dir, batch) {
                 Ok(r) if r.more => {
                     let Ok(mut st) = shared.state.lock() else {
@@ -1033,15 +1035,6 @@ fn indexer_loop(
                     };
                     st.indexed += r.inserted;
                     st.fed += r.fed;
-                    // While ingest runs, take at most BUSY_SHARE of the time: an idle-priority
-                    // thread still slows ingest (caches, memory bandwidth, the host's CPU).
-                    if busy_now(&st) && !st.stop {
-                        let pause = began.elapsed().mul_f64(1.0 / BUSY_SHARE - 1.0);
-                        st = match shared.wake.wait_timeout_while(st, pause, |st| !st.stop) {
-                            Ok((g, _)) => g,
-                            Err(_) => return,
-                        };
-                    }
                     if st.stop {
                         return;
                     }
