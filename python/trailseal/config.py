@@ -79,8 +79,9 @@ class HistoryConfig:
     them forever."""
     indexer_priority: str = "idle"
     """The indexer thread's CPU priority: "idle" (SCHED_IDLE: it takes only CPU nothing else
-    wants, so under a long saturating load it lags and catches up afterwards) or "low" (nice 10:
-    it keeps up even then, at a cost to ingest of ~10-17% of its throughput on 2 cores)."""
+    wants, which keeps it within a fraction of a second of a load saturating 2 cores; on a
+    machine busier still it lags and catches up afterwards) or "low" (nice 10: more CPU for it,
+    at a cost to ingest's throughput)."""
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ every :data:`POLL_SECS` (or sooner when poked) it indexes whatever whole zstd fr
 files are new, mostly as the core handed them over (``Core.feed_history``: the lookup values
 already hashed). The thread never touches Python (no GIL) and runs below ingest's priority
 (``[history] indexer_priority``: "idle", the default, SCHED_IDLE, takes only CPU ingest leaves
-idle, so under a long saturating load it lags and catches up when the load eases; "low", nice
-10, keeps up even then, at a cost to ingest's throughput); after a crash it catches up from the
+idle, enough to keep up at ~1 µs per event unless the machine is busier than ingest alone makes
+it; "low", nice 10, takes more, at a cost to ingest's throughput). While ingest runs (the core
+fed it within 0.5 s) it leaves merging blocks for a pause; after a crash it catches up from the
 spool at start. Every
 :data:`RETENTION_EVERY_SECS` it deletes events whose eventTime is older than
 ``[history] history_days`` in small transactions.
