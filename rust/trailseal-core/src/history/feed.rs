@@ -280,7 +280,9 @@ mod tests {
         assert_eq!(feed.since_push(), None);
         feed.push("t", 1, frame(0, 10, 2));
         // a push tells the indexer that ingest runs
-        assert!(feed.since_push().is_some_and(|t| t < std::time::Duration::from_secs(5)));
+        assert!(feed
+            .since_push()
+            .is_some_and(|t| t < std::time::Duration::from_secs(5)));
         feed.push("t", 1, frame(10, 5, 3));
         feed.push("t", 1, frame(40, 5, 1)); // 15..40 was left out
         assert_eq!(feed.stats().0, 6);
