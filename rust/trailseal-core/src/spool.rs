@@ -855,6 +855,18 @@ struct StreamBatch {
     frames: Vec<(std::ops::Range<usize>, Option<Vec<u8>>)>,
 }
 
+impl StreamBatch {
+    /// Cut the content not cut yet into frames of at most `target` bytes, between events.
+    fn cut_frames(&mut self, target: usize) {
+        let mut start = self.cut;
+        for piece in segment::frame_pieces(&self.batch.content[self.cut..], target) {
+            self.frames.push((start..start + piece.len(), None));
+            start += piece.len();
+        }
+        self.cut = start;
+    }
+}
+
 /// Batches with fewer lines than this are staged on the calling thread.
 const MIN_PARALLEL_LINES: usize = 64;
 /// Slices per thread in the per-event stage (more than one evens out uneven events).
@@ -1028,14 +1040,8 @@ impl InOrder for Sequencer<'_> {
         self.take_slice(staged);
         // Cut what a stream has gathered into frames once there is enough for a good one.
         for s in &mut self.streams {
-            let len = s.batch.content.len();
-            if len - s.cut >= MIN_PARALLEL_FRAME {
-                let mut start = s.cut;
-                for piece in segment::frame_pieces(&s.batch.content[s.cut..], MAX_PARALLEL_FRAME) {
-                    s.frames.push((start..start + piece.len(), None));
-                    start += piece.len();
-                }
-                s.cut = len;
+            if s.batch.content.len() - s.cut >= MIN_PARALLEL_FRAME {
+                s.cut_frames(MAX_PARALLEL_FRAME);
             }
         }
     }
@@ -1397,12 +1403,7 @@ impl Spool {
                 let n = len.div_ceil(MAX_PARALLEL_FRAME).next_multiple_of(threads);
                 target = len.div_ceil(n).max(MIN_PARALLEL_FRAME);
             }
-            let mut start = s.cut;
-            for piece in segment::frame_pieces(&s.batch.content[s.cut..], target) {
-                s.frames.push((start..start + piece.len(), None));
-                start += piece.len();
-            }
-            s.cut = start;
+            s.cut_frames(target);
         }
         let level = self.cfg.zstd_level;
         let todo: Vec<(usize, usize)> = streams
