@@ -267,8 +267,9 @@ def test_data_in_pieces_is_processed_as_if_joined(tmp_path: Path) -> None:
     )
     ends = [0] + [end for end, *_ in parts]
     pieces = [data[a:b] for a, b in itertools.pairwise(ends)]
+    views = [memoryview(data)[a:b] for a, b in itertools.pairwise(ends)]
     sealed = []
-    for name, arg in (("joined", data), ("pieces", pieces)):
+    for name, arg in (("joined", data), ("pieces", pieces), ("views", views)):
         core = open_core(tmp_path / name)
         r = core.process(arg, parts)
         assert (r.accepted, r.rejected, r.lines) == (5, 2, [3, 2, 0, 2])
@@ -279,7 +280,12 @@ def test_data_in_pieces_is_processed_as_if_joined(tmp_path: Path) -> None:
         s = core.seal("t", ACCOUNT, REGION, "k")
         assert s is not None
         sealed.append(decompress(Path(s.path).read_bytes(), "zstd"))
-    assert sealed[0] == sealed[1]
+    assert sealed[0] == sealed[1] == sealed[2]
+    # only what cannot change while the core reads it: a writable buffer is refused
+    core = open_core(tmp_path / "writable")
+    for writable in (bytearray(data), [memoryview(bytearray(data))]):
+        with pytest.raises(ValueError, match="read-only"):
+            core.process(writable, parts)  # type: ignore[arg-type]
     # several parts in one piece are fine; a part across two pieces is refused, nothing written
     core = open_core(tmp_path / "bad")
     assert core.process([data[: ends[2]], data[ends[2] :]], parts).accepted == 5

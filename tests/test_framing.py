@@ -16,9 +16,10 @@ def numbered(items: list[Chunk | EventTooLarge]) -> list[tuple[int, bytes | str]
         if isinstance(item, EventTooLarge):
             out.append((item.line, "TOO LARGE"))
             continue
-        assert item.data.endswith(b"\n")
+        data = bytes(item.data)
+        assert data.endswith(b"\n")
         number = item.first_line
-        lines = item.data.split(b"\n")[:-1]
+        lines = data.split(b"\n")[:-1]
         seen = 0
         for line in lines:
             content = line.rstrip(b"\r")
@@ -49,6 +50,24 @@ def test_whole_lines_one_chunk() -> None:
     assert framer.buffered == 4
     assert framer.eof() == [Chunk(b'{"c"\n', 3, 1)]
     assert framer.eof() == []
+
+
+def test_whole_lines_are_not_copied() -> None:
+    framer = LineFramer(100)
+    first = b'{"a":1}\n{"b"'
+    assert framer.feed(first) == [Chunk(first[:8], 1, 1)]
+    second = b':2}\n{"c":3}\n{"d":4}\n{"e"'
+    head, body = framer.feed(second)
+    # the line begun before is joined to its start; the lines after it stay in what was read
+    assert head == Chunk(b'{"b":2}\n', 2, 1)
+    assert isinstance(body, Chunk) and isinstance(body.data, memoryview)
+    assert body.data.obj is second and body.data.readonly
+    assert (bytes(body.data), body.first_line, body.lines) == (b'{"c":3}\n{"d":4}\n', 3, 2)
+    third = b':5}\n{"f":6}\n'
+    assert framer.feed(third) == [Chunk(b'{"e":5}\n', 5, 1), Chunk(b'{"f":6}\n', 6, 1)]
+    # data of whole lines only, nothing held before: passed on as it is
+    whole = b'{"g":7}\n'
+    assert framer.feed(whole)[0].data is whole
 
 
 def test_blank_lines_skipped_and_not_counted() -> None:

@@ -178,13 +178,16 @@ class Core:
         back (None: stop). Only a cache: what it misses, the history reads from the files."""
 
     def process(
-        self, data: bytes | list[bytes], parts: list[tuple[int, str, str | None, int]]
+        self,
+        data: bytes | memoryview | list[bytes | memoryview],
+        parts: list[tuple[int, str, str | None, int]],
     ) -> BatchResult:
         """Process one batch. ``data`` is whole NDJSON lines (``\\n`` or ``\\r\\n``; blank lines are
-        skipped and not counted), as one ``bytes`` or a list of them (read where they are, never
-        joined). ``parts`` splits it by source: (end offset in ``data`` — in the list's
-        concatenation —, peer, agent or None, receivedAt in epoch milliseconds); the parts cover
-        ``data`` in order, and no part spans two items of a list.
+        skipped and not counted), as one ``bytes`` (or read-only ``memoryview`` of bytes) or a list
+        of them (read where they are, never joined or copied; anything else is a ValueError).
+        ``parts`` splits it by source: (end offset in ``data`` — in the list's concatenation —,
+        peer, agent or None, receivedAt in epoch milliseconds); the parts cover ``data`` in order,
+        and no part spans two items of a list.
         Per line: parse, validate, fill defaults, add receipt, canonicalize, evaluate every
         trail's selectors, dedup, route to the trails that select it, chain, and append the
         batch's zstd frames (one per touched stream, or several cut between events when it is
@@ -351,10 +354,11 @@ def canonicalize(data: bytes) -> bytes:
 def chain_step(previous: bytes, canonical_event: bytes) -> bytes:
     """``SHA-256(previous ‖ SHA-256(canonical_event))`` (FORMATS.md §3); ``previous``: 32 bytes."""
 
-def count_lines(data: bytes) -> int:
+def count_lines(data: bytes | memoryview) -> int:
     """Non-blank lines in ``data``, by the spool's rule: lines end with ``\\n``; a blank line is
     empty or holds only spaces, tabs and ``\\r``; a final piece after the last ``\\n`` counts
-    when it is not blank. Releases the GIL for inputs of 1 MiB or more."""
+    when it is not blank. ``data``: bytes or a read-only memoryview of them. Releases the GIL for
+    inputs of 1 MiB or more."""
 
 def verify_log(data: bytes, compression: str, chain_start: str) -> VerifyReport:
     """Verify one log file's bytes (``compression`` "zstd" or "gzip"). Besides the content, the

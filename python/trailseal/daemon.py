@@ -19,6 +19,7 @@ the next start). systemd: ``READY=1`` / ``STOPPING=1`` go to ``$NOTIFY_SOCKET`` 
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -397,6 +398,9 @@ async def _serve(
                         metrics.CONNECTIONS.set_function(lambda: ingest.connections)
                         async with trio.open_nursery() as listeners:
                             await listeners.start(ingest.serve_all, prepared.sockets)
+                            # what start-up made (modules, config, clients) lives as long as the
+                            # daemon: keep it out of the collector's passes from now on
+                            gc.freeze()
                             _sd_notify(b"READY=1")
                             log.info("ready")
                             await stop.wait()

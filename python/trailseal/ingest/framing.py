@@ -4,8 +4,10 @@ oversized-line errors out. No sockets, no clocks; the listener feeds it what it 
 Invariants:
 
 - Every :class:`Chunk` holds whole lines only (each ends with ``\\n``; ``\\r\\n`` is passed on
-  as is, the core accepts both), in the order they were received, as one ``bytes`` — as large as
-  the data read allows (one chunk per :meth:`LineFramer.feed` at most).
+  as is, the core accepts both), in the order they were received. What was read is not copied:
+  a chunk is the data read itself, or a read-only ``memoryview`` of it, except for the line
+  completed by the start of the data, which is joined to its beginning held from before (one
+  line copied, as its own chunk). So :meth:`LineFramer.feed` yields at most two chunks.
 - Lines are numbered per connection from 1, counting only non-blank lines. A blank line is empty
   or holds only spaces, tabs and ``\\r``; it is passed on (the core skips it too) but not counted.
   ``Chunk.first_line`` is the number of its first non-blank line, ``Chunk.lines`` how many it
@@ -28,7 +30,7 @@ from trailseal import _core
 __all__ = ["Chunk", "EventTooLarge", "LineFramer", "count_lines"]
 
 
-def count_lines(data: bytes) -> int:
+def count_lines(data: bytes | memoryview) -> int:
     """Non-blank lines in ``data`` (whole lines, each ending with ``\\n``), counted by the core
     with the spool's own rule (memchr over the newlines; the line numbers of acks and errors
     depend on the two agreeing)."""
@@ -37,8 +39,8 @@ def count_lines(data: bytes) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    data: bytes
-    """Whole lines, each ending with ``\\n``."""
+    data: bytes | memoryview
+    """Whole lines, each ending with ``\\n`` (a read-only memoryview: of the bytes read)."""
     first_line: int
     """Number of the first non-blank line in ``data`` (1-based, per connection)."""
     lines: int
@@ -84,12 +86,17 @@ class LineFramer:
                 return out
             self._discarding = False
             data = data[end + 1 :]
-        # Each byte is copied once on its way into a chunk (the buffer of the last, partial
-        # line aside): the new whole lines are joined to the held partial line in one step.
+        # The whole lines stay where they were read (the core reads them there); only a line
+        # begun in an earlier read is copied, joined to its beginning.
         cut = data.rfind(b"\n") + 1
         if cut:
-            whole = data if cut == len(data) else memoryview(data)[:cut]
-            self._emit(out, b"".join((self._partial, whole)) if self._partial else bytes(whole))
+            start = 0
+            if self._partial:
+                start = data.find(b"\n") + 1
+                self._emit(out, self._partial + data[:start])
+            if start < cut:
+                whole = data if start == 0 and cut == len(data) else memoryview(data)[start:cut]
+                self._emit(out, whole)
             self._partial = data[cut:]
         else:
             self._partial = self._partial + data if self._partial else data
@@ -110,7 +117,7 @@ class LineFramer:
         self._discarding = False
         return out
 
-    def _emit(self, out: list[Chunk | EventTooLarge], data: bytes) -> None:
+    def _emit(self, out: list[Chunk | EventTooLarge], data: bytes | memoryview) -> None:
         lines = count_lines(data)
         if lines:
             out.append(Chunk(data, self.next_line, lines))

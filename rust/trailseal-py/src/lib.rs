@@ -6,6 +6,7 @@
 //! subclass of `trailseal.errors.TrailsealError`) is raised from exactly one place: [`core_err`].
 use std::sync::{Mutex, MutexGuard};
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -223,12 +224,27 @@ impl TrailSpec {
     }
 }
 
-/// A batch's data as `Core.process` takes it: one `bytes`, or a list of them (the chunks as
-/// received, not joined first).
+/// A batch's data as `Core.process` takes it: one read-only bytes-like object (`bytes`, or a
+/// `memoryview` of one), or a list of them (the chunks as received, neither joined nor copied
+/// out of what the listener read).
 #[derive(FromPyObject)]
 enum BatchData {
-    One(pyo3::pybacked::PyBackedBytes),
-    Pieces(Vec<pyo3::pybacked::PyBackedBytes>),
+    One(PyBuffer<u8>),
+    Pieces(Vec<PyBuffer<u8>>),
+}
+
+/// The bytes of a buffer `Core.process` was given. Only read-only, C-contiguous buffers are
+/// taken: the slice is read with the GIL released, so nothing may change it meanwhile (a
+/// read-only exporter cannot, and the held buffer keeps its memory where it is).
+fn buffer_bytes(buffer: &PyBuffer<u8>) -> PyResult<&[u8]> {
+    if !buffer.readonly() || !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "Core.process takes bytes or read-only contiguous memoryviews of bytes",
+        ));
+    }
+    // SAFETY: a read-only, C-contiguous buffer of len_bytes() bytes at buf_ptr(), valid and
+    // unchanging while `buffer` (which outlives the returned slice) holds it
+    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes()) })
 }
 
 /// A trail as `Core` takes it: a name (default settings) or a `TrailSpec`.
@@ -365,8 +381,8 @@ impl Core {
             })
             .collect();
         let pieces: Vec<&[u8]> = match &data {
-            BatchData::One(data) => vec![&data[..]],
-            BatchData::Pieces(pieces) => pieces.iter().map(|p| &p[..]).collect(),
+            BatchData::One(data) => vec![buffer_bytes(data)?],
+            BatchData::Pieces(pieces) => pieces.iter().map(buffer_bytes).collect::<PyResult<_>>()?,
         };
         let r = py
             .detach(|| self.lock()?.process_pieces(&pieces, &parts))
@@ -736,12 +752,13 @@ fn chain_step<'py>(
 const COUNT_LINES_DETACH_BYTES: usize = 1 << 20;
 
 #[pyfunction]
-fn count_lines(py: Python<'_>, data: &[u8]) -> usize {
-    if data.len() >= COUNT_LINES_DETACH_BYTES {
+fn count_lines(py: Python<'_>, data: PyBuffer<u8>) -> PyResult<usize> {
+    let data = buffer_bytes(&data)?;
+    Ok(if data.len() >= COUNT_LINES_DETACH_BYTES {
         py.detach(|| trailseal_core::lines::count_non_blank(data))
     } else {
         trailseal_core::lines::count_non_blank(data)
-    }
+    })
 }
 
 #[pyfunction]
