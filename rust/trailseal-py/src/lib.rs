@@ -382,7 +382,9 @@ impl Core {
             .collect();
         let pieces: Vec<&[u8]> = match &data {
             BatchData::One(data) => vec![buffer_bytes(data)?],
-            BatchData::Pieces(pieces) => pieces.iter().map(buffer_bytes).collect::<PyResult<_>>()?,
+            BatchData::Pieces(pieces) => {
+                pieces.iter().map(buffer_bytes).collect::<PyResult<_>>()?
+            }
         };
         let r = py
             .detach(|| self.lock()?.process_pieces(&pieces, &parts))
