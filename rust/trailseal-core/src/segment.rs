@@ -288,7 +288,16 @@ pub struct Batch {
 impl Batch {
     /// An empty batch continuing a segment (or starting one when `first`).
     pub fn new(chain: ChainValue, first: bool) -> Batch {
-        let content = if first { HEADER.to_vec() } else { Vec::new() };
+        Batch::new_in(chain, first, Vec::new())
+    }
+
+    /// [`Batch::new`] with its content built in `buffer` (emptied first): a buffer kept from an
+    /// earlier batch has its pages in memory already.
+    pub fn new_in(chain: ChainValue, first: bool, mut content: Vec<u8>) -> Batch {
+        content.clear();
+        if first {
+            content.extend_from_slice(HEADER);
+        }
         Batch {
             content,
             count: 0,
@@ -556,7 +565,13 @@ impl Segment {
     /// [`Segment::append`] for a batch whose content the caller already hashed: `hasher` is
     /// [`Segment::hasher`] continued over `batch.content` (so hashing can run while the batch is
     /// built). `frames` are the batch's compressed frames in order, written with one `write`.
-    pub fn append_hashed(&mut self, frames: &[u8], batch: Batch, hasher: Sha256) -> Result<()> {
+    /// Returns the batch's content buffer, for the next batch to build its content in.
+    pub fn append_hashed(
+        &mut self,
+        frames: &[u8],
+        batch: Batch,
+        hasher: Sha256,
+    ) -> Result<Vec<u8>> {
         self.write_frame(frames)?;
         self.hasher = hasher;
         self.uncompressed_bytes += batch.content.len() as u64;
@@ -565,7 +580,7 @@ impl Segment {
         self.newest = self.newest.max(batch.newest);
         self.chain_end = batch.chain_end;
         self.event_ids.extend(batch.ids);
-        Ok(())
+        Ok(batch.content)
     }
 
     fn write_frame(&mut self, frame: &[u8]) -> Result<()> {

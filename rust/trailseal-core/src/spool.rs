@@ -300,6 +300,58 @@ pub struct Spool {
     failed: Option<String>,
     /// Where the event history takes what is written ([`Spool::feed_history`]).
     feed: Option<std::sync::Arc<Feed>>,
+    /// The slices' canonical output buffers and the streams' content buffers, kept from one
+    /// batch to the next.
+    slice_buffers: Buffers,
+    content_buffers: Buffers,
+}
+
+/// Large byte buffers kept from one batch for the next. Fresh buffers of several MiB were
+/// mapped anew for each batch and faulted in page by page as they filled, much of it on the
+/// sequential path (most of the core's page faults: BENCHMARKS.md, session 6). At most `keep`
+/// buffers of at most [`Buffers::MAX_KEPT`] bytes each are kept.
+#[derive(Debug)]
+struct Buffers {
+    spare: std::sync::Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+}
+
+impl Buffers {
+    /// A buffer larger than this (a batch of huge events) is not kept.
+    const MAX_KEPT: usize = 64 << 20;
+
+    fn new(keep: usize) -> Buffers {
+        Buffers {
+            spare: std::sync::Mutex::default(),
+            keep,
+        }
+    }
+
+    /// An empty buffer with room for `capacity` bytes.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut buf = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity);
+        buf
+    }
+
+    /// Keep `buf` for a later [`Buffers::take`] (dropped when enough are kept).
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > Self::MAX_KEPT {
+            return;
+        }
+        buf.clear();
+        if let Ok(mut spare) = self.spare.lock() {
+            if spare.len() < self.keep {
+                spare.push(buf);
+            }
+        }
+    }
 }
 
 /// Files and directories to fsync, taken by [`Spool::prepare_sync`] (see there).
@@ -882,10 +934,11 @@ fn stage_slice(
     lines: &[Line<'_>],
     contexts: &[EventContext<'_>],
     selectors: &[Selectors],
+    buffers: &Buffers,
 ) -> Staged {
     let bytes: usize = lines.iter().map(|l| l.text.len()).sum();
     let mut out = Staged {
-        buf: Vec::with_capacity(bytes + bytes / 4 + 1024),
+        buf: buffers.take(bytes + bytes / 4 + 1024),
         outcomes: Vec::with_capacity(lines.len()),
     };
     for line in lines {
@@ -921,16 +974,18 @@ trait InOrder {
 /// from a helper thread), each slice handed to `consumer` on the calling thread in input order as
 /// soon as it and every slice before it are done, so the sequential work overlaps the parallel
 /// one (and while it waits, the consumer does deferrable work). With one thread, or a small
-/// batch, everything runs on the calling thread.
+/// batch, everything runs on the calling thread. Each slice's output buffer comes from
+/// `buffers` (the consumer hands it back).
 fn stage_in_order(
     lines: &[Line<'_>],
     contexts: &[EventContext<'_>],
     selectors: &[Selectors],
+    buffers: &Buffers,
     consumer: &mut impl InOrder,
 ) {
     let threads = rayon::current_num_threads().max(1);
     if lines.len() < MIN_PARALLEL_LINES || threads == 1 {
-        consumer.take(stage_slice(lines, contexts, selectors));
+        consumer.take(stage_slice(lines, contexts, selectors, buffers));
         return;
     }
     let per_slice = lines.len().div_ceil(threads * SLICES_PER_THREAD).max(16);
@@ -946,6 +1001,7 @@ fn stage_in_order(
                 for _ in 0..threads.min(slices) {
                     let tx = tx.clone();
                     let claimed = &claimed;
+                    let buffers = &buffers;
                     workers.spawn(move |_| loop {
                         let i = claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if i >= slices {
@@ -953,7 +1009,7 @@ fn stage_in_order(
                         }
                         let slice = &lines[i * per_slice..((i + 1) * per_slice).min(lines.len())];
                         // the receiver lives until every sender is gone
-                        let _ = tx.send((i, stage_slice(slice, contexts, selectors)));
+                        let _ = tx.send((i, stage_slice(slice, contexts, selectors, buffers)));
                     });
                 }
             });
@@ -1033,6 +1089,9 @@ struct Sequencer<'a> {
     zstd_level: i32,
     /// The first compression error (the batch then fails as a whole).
     error: Option<CoreError>,
+    /// Where slice buffers go back once taken, and stream content buffers come from.
+    slice_buffers: &'a Buffers,
+    content_buffers: &'a Buffers,
 }
 
 impl InOrder for Sequencer<'_> {
@@ -1067,6 +1126,11 @@ impl InOrder for Sequencer<'_> {
 impl Sequencer<'_> {
     fn take_slice(&mut self, staged: Staged) {
         let Staged { buf, outcomes } = staged;
+        self.take_outcomes(&buf, outcomes);
+        self.slice_buffers.give(buf);
+    }
+
+    fn take_outcomes(&mut self, buf: &[u8], outcomes: Vec<Outcome>) {
         let res = &mut *self.res;
         let mut event_start = 0usize;
         for outcome in outcomes {
@@ -1129,11 +1193,16 @@ impl Sequencer<'_> {
                             meta.region.as_str().to_string(),
                             meta.insight,
                         );
-                        let (mut batch, hasher) = match trail.open.get(&key) {
-                            Some(seg) => (Batch::new(seg.chain_end, false), seg.hasher()),
-                            None => (Batch::new(trail.chain_head(&key), true), Sha256::new()),
+                        let content = self.content_buffers.take(self.room);
+                        let (batch, hasher) = match trail.open.get(&key) {
+                            Some(seg) => {
+                                (Batch::new_in(seg.chain_end, false, content), seg.hasher())
+                            }
+                            None => (
+                                Batch::new_in(trail.chain_head(&key), true, content),
+                                Sha256::new(),
+                            ),
                         };
-                        batch.content.reserve(self.room);
                         self.streams.push(StreamBatch {
                             trail: ti,
                             account: key.0,
@@ -1220,6 +1289,9 @@ impl Spool {
             dirty_dirs: HashSet::new(),
             failed: None,
             feed: None,
+            // a batch's slices, and a few streams' contents
+            slice_buffers: Buffers::new(4 * SLICES_PER_THREAD),
+            content_buffers: Buffers::new(4),
         })
     }
 
@@ -1349,8 +1421,16 @@ impl Spool {
             res: &mut res,
             zstd_level: self.cfg.zstd_level,
             error: None,
+            slice_buffers: &self.slice_buffers,
+            content_buffers: &self.content_buffers,
         };
-        stage_in_order(&lines, &contexts, &self.selectors, &mut seq);
+        stage_in_order(
+            &lines,
+            &contexts,
+            &self.selectors,
+            &self.slice_buffers,
+            &mut seq,
+        );
         if let Some(e) = seq.error {
             return self.fail(Err(e));
         }
@@ -1453,7 +1533,8 @@ impl Spool {
             uncompressed += s.batch.content.len() as u64;
             compressed += frames.len() as u64;
             let at = seg.compressed_bytes;
-            seg.append_hashed(&frames, s.batch, s.hasher)?;
+            let content = seg.append_hashed(&frames, s.batch, s.hasher)?;
+            self.content_buffers.give(content);
             if let Some(feed) = &self.feed {
                 if !s.fed.is_empty() {
                     feed_frames(
@@ -1880,6 +1961,25 @@ mod tests {
             sealed.push((f.sha256, f.chain_end, f.event_count));
         }
         (totals, errors, sealed)
+    }
+
+    #[test]
+    fn buffers_come_back_empty_and_only_so_many_are_kept() {
+        let pool = Buffers::new(2);
+        let mut a = pool.take(100);
+        assert!(a.is_empty() && a.capacity() >= 100);
+        a.extend_from_slice(b"left over");
+        let a_ptr = a.as_ptr();
+        pool.give(a);
+        let b = pool.take(10);
+        // the kept buffer, emptied
+        assert!(b.is_empty() && b.as_ptr() == a_ptr);
+        for _ in 0..3 {
+            pool.give(vec![0u8; 16]);
+        }
+        pool.give(Vec::with_capacity(Buffers::MAX_KEPT + 1));
+        let kept = pool.spare.lock().map(|s| s.len()).unwrap_or(0);
+        assert_eq!(kept, 2);
     }
 
     #[test]
