@@ -1001,7 +1001,6 @@ fn stage_in_order(
                 for _ in 0..threads.min(slices) {
                     let tx = tx.clone();
                     let claimed = &claimed;
-                    let buffers = &buffers;
                     workers.spawn(move |_| loop {
                         let i = claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if i >= slices {
