@@ -970,12 +970,17 @@ trait InOrder {
     fn idle(&mut self) -> bool;
 }
 
-/// The per-event stage over all lines: rayon over contiguous slices (on the global pool, driven
-/// from a helper thread), each slice handed to `consumer` on the calling thread in input order as
-/// soon as it and every slice before it are done, so the sequential work overlaps the parallel
-/// one (and while it waits, the consumer does deferrable work). With one thread, or a small
-/// batch, everything runs on the calling thread. Each slice's output buffer comes from
-/// `buffers` (the consumer hands it back).
+/// The per-event stage over all lines, over contiguous slices: each slice is handed to
+/// `consumer` on the calling thread in input order as soon as it and every slice before it are
+/// done, so the sequential work overlaps the parallel one. Slices are claimed in input order from
+/// one counter, by one less rayon worker than there are threads (on the global pool, driven from
+/// a helper thread) and by the calling thread itself: between slices it takes what is ready, and
+/// when nothing is, it does the consumer's deferrable work or stages the next unclaimed slice.
+/// So it never sleeps while there is work, and it takes each slice right when it is ready (a
+/// calling thread that only waited had to be woken for every slice, and on two busy cores it
+/// often got its CPU milliseconds later, leaving it a backlog to take alone at the end). With
+/// one thread, or a small batch, everything runs on the calling thread. Each slice's output
+/// buffer comes from `buffers` (the consumer hands it back).
 fn stage_in_order(
     lines: &[Line<'_>],
     contexts: &[EventContext<'_>],
@@ -990,25 +995,28 @@ fn stage_in_order(
     }
     let per_slice = lines.len().div_ceil(threads * SLICES_PER_THREAD).max(16);
     let slices = lines.len().div_ceil(per_slice);
+    let slice = |i: usize| &lines[i * per_slice..((i + 1) * per_slice).min(lines.len())];
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Staged)>();
-    // Each worker claims the next slice in input order, so slices finish about in order and the
-    // consumer follows right behind (rayon's splitting would finish the second half early and
-    // leave it all to the consumer at the end, the workers idle).
+    // In input order, so slices finish about in order and the consumer follows right behind
+    // (rayon's splitting would finish the second half early and leave it all to the consumer at
+    // the end, the workers idle).
     let claimed = std::sync::atomic::AtomicUsize::new(0);
+    let claim = || {
+        let i = claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (i < slices).then_some(i)
+    };
     std::thread::scope(|scope| {
         scope.spawn(|| {
             rayon::scope(|workers| {
-                for _ in 0..threads.min(slices) {
+                for _ in 0..(threads - 1).min(slices) {
                     let tx = tx.clone();
-                    let claimed = &claimed;
-                    workers.spawn(move |_| loop {
-                        let i = claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= slices {
-                            break;
+                    let claim = &claim;
+                    workers.spawn(move |_| {
+                        while let Some(i) = claim() {
+                            // the receiver lives until every sender is gone
+                            let _ =
+                                tx.send((i, stage_slice(slice(i), contexts, selectors, buffers)));
                         }
-                        let slice = &lines[i * per_slice..((i + 1) * per_slice).min(lines.len())];
-                        // the receiver lives until every sender is gone
-                        let _ = tx.send((i, stage_slice(slice, contexts, selectors, buffers)));
                     });
                 }
             });
@@ -1016,24 +1024,26 @@ fn stage_in_order(
         });
         let mut pending: Vec<Option<Staged>> = (0..slices).map(|_| None).collect();
         let mut next = 0usize;
-        loop {
-            let (i, staged) = match rx.try_recv() {
-                Ok(received) => received,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    if consumer.idle() {
-                        continue;
-                    }
-                    match rx.recv() {
-                        Ok(received) => received,
-                        Err(_) => break,
-                    }
-                }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-            };
-            pending[i] = Some(staged);
-            while let Some(ready) = pending.get_mut(next).and_then(Option::take) {
+        while next < slices {
+            while let Ok((i, staged)) = rx.try_recv() {
+                pending[i] = Some(staged);
+            }
+            if let Some(ready) = pending[next].take() {
                 consumer.take(ready);
                 next += 1;
+                continue;
+            }
+            if consumer.idle() {
+                continue;
+            }
+            if let Some(i) = claim() {
+                pending[i] = Some(stage_slice(slice(i), contexts, selectors, buffers));
+                continue;
+            }
+            // every slice is claimed and the next one is still being staged by a worker
+            match rx.recv() {
+                Ok((i, staged)) => pending[i] = Some(staged),
+                Err(_) => break, // every sender gone: a worker panicked (the scope raises it)
             }
         }
     });
