@@ -919,6 +919,10 @@ impl StreamBatch {
     }
 }
 
+/// Events waiting in the history's feed beyond which ingest stops using the calling thread for
+/// the per-event stage, so that the idle-priority indexer gets CPU (half the feed: it keeps up
+/// before frames are left out and have to be read back from the files).
+const FEED_CATCH_UP_EVENTS: usize = crate::history::FEED_MAX_EVENTS / 2;
 /// Batches with fewer lines than this are staged on the calling thread.
 const MIN_PARALLEL_LINES: usize = 64;
 /// Slices per thread in the per-event stage (more than one evens out uneven events).
@@ -978,14 +982,18 @@ trait InOrder {
 /// when nothing is, it does the consumer's deferrable work or stages the next unclaimed slice.
 /// So it never sleeps while there is work, and it takes each slice right when it is ready (a
 /// calling thread that only waited had to be woken for every slice, and on two busy cores it
-/// often got its CPU milliseconds later, leaving it a backlog to take alone at the end). With
-/// one thread, or a small batch, everything runs on the calling thread. Each slice's output
-/// buffer comes from `buffers` (the consumer hands it back).
+/// often got its CPU milliseconds later, leaving it a backlog to take alone at the end).
+/// Without `caller_stages` the calling thread only takes slices and does deferrable work, and
+/// every thread of the pool stages: the cores then idle now and then, which an idle-priority
+/// thread (the event history's indexer) needs to keep up. With one thread, or a small batch,
+/// everything runs on the calling thread. Each slice's output buffer comes from `buffers` (the
+/// consumer hands it back).
 fn stage_in_order(
     lines: &[Line<'_>],
     contexts: &[EventContext<'_>],
     selectors: &[Selectors],
     buffers: &Buffers,
+    caller_stages: bool,
     consumer: &mut impl InOrder,
 ) {
     let threads = rayon::current_num_threads().max(1);
@@ -1008,7 +1016,8 @@ fn stage_in_order(
     std::thread::scope(|scope| {
         scope.spawn(|| {
             rayon::scope(|workers| {
-                for _ in 0..(threads - 1).min(slices) {
+                let workers_n = if caller_stages { threads - 1 } else { threads };
+                for _ in 0..workers_n.min(slices) {
                     let tx = tx.clone();
                     let claim = &claim;
                     workers.spawn(move |_| {
@@ -1036,9 +1045,11 @@ fn stage_in_order(
             if consumer.idle() {
                 continue;
             }
-            if let Some(i) = claim() {
-                pending[i] = Some(stage_slice(slice(i), contexts, selectors, buffers));
-                continue;
+            if caller_stages {
+                if let Some(i) = claim() {
+                    pending[i] = Some(stage_slice(slice(i), contexts, selectors, buffers));
+                    continue;
+                }
             }
             // every slice is claimed and the next one is still being staged by a worker
             match rx.recv() {
@@ -1420,6 +1431,12 @@ impl Spool {
         // Room for every event of the batch in any one stream (canonical events grow by their
         // defaults and receipt): the stream buffers rarely regrow; untouched pages cost nothing.
         let room = total + lines.len() * 640 + segment::HEADER.len();
+        // The calling thread stages slices too unless the history's feed is backing up: then
+        // ingest leaves the cores some idle moments for the idle-priority indexer to catch up.
+        let caller_stages = self
+            .feed
+            .as_ref()
+            .is_none_or(|f| f.stats().0 < FEED_CATCH_UP_EVENTS);
         let mut seq = Sequencer {
             dedup: &mut self.dedup,
             trails: &self.trails,
@@ -1438,6 +1455,7 @@ impl Spool {
             &contexts,
             &self.selectors,
             &self.slice_buffers,
+            caller_stages,
             &mut seq,
         );
         if let Some(e) = seq.error {
@@ -1923,6 +1941,10 @@ mod tests {
     );
 
     fn run(tag: &str, batch_lines: usize) -> Outcome {
+        run_fed(tag, batch_lines, None)
+    }
+
+    fn run_fed(tag: &str, batch_lines: usize, feed: Option<std::sync::Arc<Feed>>) -> Outcome {
         let dir = temp(tag);
         let mut spool = Spool::open(SpoolConfig::new(
             &dir.0,
@@ -1931,6 +1953,7 @@ mod tests {
             "us-east-1",
         ))
         .expect("open");
+        spool.feed_history(feed);
         let (mut totals, mut errors) = ((0, 0, 0), Vec::new());
         for chunk in lines().chunks(batch_lines) {
             // two parts per batch, from the same peer at the same time
@@ -1989,6 +2012,30 @@ mod tests {
         pool.give(Vec::with_capacity(Buffers::MAX_KEPT + 1));
         let kept = pool.spare.lock().map(|s| s.len()).unwrap_or(0);
         assert_eq!(kept, 2);
+    }
+
+    #[test]
+    fn a_backed_up_history_feed_changes_who_stages_not_the_output() {
+        // a feed holding more than FEED_CATCH_UP_EVENTS waiting events (of another trail):
+        // the calling thread leaves the per-event stage to the pool's workers
+        let feed = std::sync::Arc::new(Feed::default());
+        let waiting = crate::history::FedEvent {
+            time_ms: 0,
+            lookup: crate::history::EventLookup::default(),
+        };
+        feed.push(
+            "elsewhere",
+            1,
+            crate::history::FedFrame {
+                offset: 0,
+                len: 10,
+                content_len: 10,
+                insight: false,
+                events: vec![waiting; FEED_CATCH_UP_EVENTS],
+            },
+        );
+        assert_eq!(feed.stats().0, FEED_CATCH_UP_EVENTS);
+        assert_eq!(run_fed("backed-up", 1200, Some(feed)), run("not-fed", 1200));
     }
 
     #[test]

@@ -59,7 +59,7 @@ mod feed;
 mod postings;
 mod row;
 
-pub use feed::{EventLookup, FedEvent, FedFrame, Feed, LookupHashes};
+pub use feed::{EventLookup, FedEvent, FedFrame, Feed, LookupHashes, FEED_MAX_EVENTS};
 
 /// Bumped when the schema changes (an older file is refused: rebuild it).
 pub const SCHEMA_VERSION: i64 = 6;
