@@ -920,9 +920,10 @@ impl StreamBatch {
 }
 
 /// Events waiting in the history's feed beyond which ingest stops using the calling thread for
-/// the per-event stage, so that the idle-priority indexer gets CPU (half the feed: it keeps up
-/// before frames are left out and have to be read back from the files).
-const FEED_CATCH_UP_EVENTS: usize = crate::history::FEED_MAX_EVENTS / 2;
+/// the per-event stage, so that the idle-priority indexer gets CPU: three quarters of the feed,
+/// so that it catches up before frames are left out (and read back from the files later), while
+/// a load of a few seconds never reaches it (BENCHMARKS.md, session 6).
+const FEED_CATCH_UP_EVENTS: usize = crate::history::FEED_MAX_EVENTS / 4 * 3;
 /// Batches with fewer lines than this are staged on the calling thread.
 const MIN_PARALLEL_LINES: usize = 64;
 /// Slices per thread in the per-event stage (more than one evens out uneven events).
@@ -2016,7 +2017,7 @@ mod tests {
 
     #[test]
     fn a_backed_up_history_feed_changes_who_stages_not_the_output() {
-        // a feed holding more than FEED_CATCH_UP_EVENTS waiting events (of another trail):
+        // a feed holding FEED_CATCH_UP_EVENTS waiting events (of another trail):
         // the calling thread leaves the per-event stage to the pool's workers
         let feed = std::sync::Arc::new(Feed::default());
         let waiting = crate::history::FedEvent {
