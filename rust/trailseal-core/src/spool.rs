@@ -327,7 +327,7 @@ impl Buffers {
         }
     }
 
-    /// An empty buffer with room for `capacity` bytes.
+    /// An empty buffer with room for `capacity` bytes (kept buffers were emptied by `give`).
     fn take(&self, capacity: usize) -> Vec<u8> {
         let mut buf = self
             .spare
@@ -335,7 +335,6 @@ impl Buffers {
             .ok()
             .and_then(|mut spare| spare.pop())
             .unwrap_or_default();
-        buf.clear();
         buf.reserve(capacity);
         buf
     }
