@@ -16,7 +16,11 @@
 4. Samples the daemon's peak RSS (VmHWM in ``/proc/<pid>/status``); with the history on, reads
    how many events it has not indexed yet at the last ack (``history_behind_at_last_ack``, from
    ``/metrics``), waits until it has them all (``history_catchup_s``) and reads how many of
-   them the core handed over (``history_fed``; the rest were read back); sends SIGTERM, waits
+   them the core handed over (``history_fed``; the rest were read back) and how many log
+   files it had sealed and delivered by then (``sealed_at_last_ack``, ``delivered_at_last_ack``:
+   0 means the load never reached ``seal_after_bytes`` in any stream, so sealing, delivery and
+   digests are not in the figure; with the synthetic events' 9 streams that takes ~350,000
+   events, so a sustained figure needs ``--events 1000000``); sends SIGTERM, waits
    for the graceful shutdown (seal + deliver), and reads the delivered ``.json.zst`` log files: the
    compression ratio is their uncompressed/compressed size and the delivered event count is
    checked against ``N``.
@@ -399,6 +403,16 @@ def trailseal_command() -> list[str]:
     return [sys.executable, "-m", "trailseal.cli"]
 
 
+def metric_value(exposition: str, name: str) -> int | None:
+    """``name``'s value in a Prometheus text exposition, summed over its label sets (None: not
+    there)."""
+    total = None
+    for line in exposition.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            total = (total or 0) + int(float(line.rsplit(None, 1)[1]))
+    return total
+
+
 def read_vm_hwm_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status", "rb") as status:
@@ -506,15 +520,17 @@ class Daemon:
 
     def history_indexed(self, metric: str = "trailseal_history_indexed_events") -> int | None:
         """Events the daemon's history has indexed since it started, or another of its
-        ``/metrics`` counters (None: no history/API)."""
+        ``/metrics`` values (None: no history/API)."""
+        return self.metric(metric)
+
+    def metric(self, name: str) -> int | None:
+        """The daemon's ``/metrics`` value ``name``, summed over its labels (None: no API, or no
+        such metric)."""
         if self.api_port is None:
             return None
         url = f"http://127.0.0.1:{self.api_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(metric + " "):
-                    return int(float(line.split()[1]))
-        return None
+            return metric_value(response.read().decode(), name)
 
     def wait_history(self, events: int, timeout: float) -> float | None:
         """Seconds until the history has indexed ``events`` (None: no history, or not within
@@ -731,6 +747,10 @@ def daemon_phase(
         # how far the event history is behind at the last ack, and how long it takes to have
         # every event (ingest has stopped: it runs on the whole machine then)
         indexed_at_ack = d.history_indexed()
+        # did the load seal (and deliver) files, as a sustained load does every
+        # seal_after_bytes per stream, or did everything wait for the shutdown's seal?
+        sealed_at_ack = d.metric("trailseal_log_files_sealed_total")
+        delivered_at_ack = d.metric("trailseal_log_files_delivered_total")
         history_catchup_s = d.wait_history(len(lines), timeout=120.0)
         history_fed = d.history_indexed("trailseal_history_fed_events")
         status = d.stop()
@@ -760,6 +780,11 @@ def daemon_phase(
                 else round(history_catchup_s, 2),
             }
             if indexed_at_ack is not None
+            else {}
+        ),
+        **(
+            {"sealed_at_last_ack": sealed_at_ack, "delivered_at_last_ack": delivered_at_ack}
+            if sealed_at_ack is not None
             else {}
         ),
         "peak_rss_mb": round(max(d.peak_rss_kib, rss_before_stop) / 1024, 1),

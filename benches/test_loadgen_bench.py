@@ -37,6 +37,21 @@ def test_encode_chunks_keeps_every_line_and_numbers_them() -> None:
     assert sum(len(s) for s in loadgen.split_connections(lines, 7)) == len(lines)
 
 
+def test_metric_value_sums_label_sets() -> None:
+    text = (
+        "# HELP trailseal_log_files_sealed_total Log files sealed in the spool\n"
+        "# TYPE trailseal_log_files_sealed_total counter\n"
+        'trailseal_log_files_sealed_total{trail="a"} 3.0\n'
+        'trailseal_log_files_sealed_total{trail="b"} 4.0\n'
+        "trailseal_log_files_sealed_created 1.7e9\n"
+        "trailseal_history_indexed_events 1234.0\n"
+        "trailseal_history_indexed_events_other 9.0\n"
+    )
+    assert loadgen.metric_value(text, "trailseal_log_files_sealed_total") == 7
+    assert loadgen.metric_value(text, "trailseal_history_indexed_events") == 1234
+    assert loadgen.metric_value(text, "trailseal_log_files_delivered_total") is None
+
+
 def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert loadgen.percentile(values, 50) == 50.0
