@@ -18,9 +18,8 @@
    ``/metrics``), waits until it has them all (``history_catchup_s``) and reads how many of
    them the core handed over (``history_fed``; the rest were read back) and how many log
    files it had sealed and delivered by then (``sealed_at_last_ack``, ``delivered_at_last_ack``:
-   0 means the load never reached ``seal_after_bytes`` in any stream, so sealing, delivery and
-   digests are not in the figure; with the synthetic events' 9 streams that takes ~350,000
-   events, so a sustained figure needs ``--events 1000000``); sends SIGTERM, waits
+   0 means no stream reached ``seal_after_bytes`` during the load, so sealing and delivery are
+   not in the figure); sends SIGTERM, waits
    for the graceful shutdown (seal + deliver), and reads the delivered ``.json.zst`` log files: the
    compression ratio is their uncompressed/compressed size and the delivered event count is
    checked against ``N``.
