@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -87,6 +88,52 @@ def test_never_overwrites(dest: FileDestination, tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="different metadata"):
         dest.put_bytes("d", b"x", {"signature": "2"})
     assert dest.get_metadata("d") == {"signature": "1"}
+
+
+def test_put_file_links_the_sealed_file_into_place(dest: FileDestination, tmp_path: Path) -> None:
+    src = tmp_path / "sealed.log"
+    src.write_bytes(b"sealed bytes")
+    src.chmod(0o600)
+    dest.put_file(KEY, src, {"sha256": "x"})
+    target = dest.root / KEY
+    assert target.stat().st_ino == src.stat().st_ino  # nothing copied
+    assert target.stat().st_mode & 0o777 == 0o644  # as a copied object's
+    assert sorted(os.listdir(target.parent)) == ["obj.json.zst", "obj.json.zst.metadata.json"]
+    assert dest.get_metadata(KEY) == {"sha256": "x"}
+    dest.put_file(KEY, src, {"sha256": "x"})  # a re-delivery after a crash: accepted
+    twin = tmp_path / "twin.log"
+    twin.write_bytes(b"sealed bytes")
+    dest.put_file(KEY, twin, {"sha256": "x"})  # the same bytes in another file: accepted
+    other = tmp_path / "other.log"
+    other.write_bytes(b"other bytes!")
+    with pytest.raises(IntegrityError, match=r"already exists .* different content"):
+        dest.put_file(KEY, other, {"sha256": "x"})
+    src.unlink()  # the spool lets the file go once the history has it
+    assert dest.get_bytes(KEY) == b"sealed bytes"
+    with pytest.raises(DeliveryError, match="cannot deliver"):
+        dest.put_file("AWSLogs/gone.json.zst", tmp_path / "missing.log")
+
+
+def test_put_file_copies_where_links_do_not_work(
+    dest: FileDestination, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "sealed.log"
+    src.write_bytes(b"sealed bytes")
+
+    link = os.link
+
+    def cross_device(source: Path, *args: object, **kwargs: object) -> None:
+        if Path(source) == src:  # the spool on another filesystem than the bucket
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        link(source, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", cross_device)
+    dest.put_file(KEY, src)
+    monkeypatch.undo()
+    target = dest.root / KEY
+    assert target.read_bytes() == b"sealed bytes"
+    assert target.stat().st_ino != src.stat().st_ino
+    assert target.stat().st_mode & 0o777 == 0o644
 
 
 def test_atomic_no_temporaries_left_and_not_listed(dest: FileDestination) -> None:

@@ -14,7 +14,9 @@ Invariants every destination keeps:
 ``file:///abs/dir`` lays out exactly the keys S3 would hold, under ``dir``::
 
     <dir>/<key>                  the object (written to a temporary name in the same directory,
-                                 fsync'd, hard-linked into place, the directory fsync'd)
+                                 fsync'd, hard-linked into place, the directory fsync'd; a sealed
+                                 file on the same filesystem is hard-linked into place itself:
+                                 it is immutable and already durable, so nothing is copied)
     <dir>/<key>.metadata.json    its user metadata, a flat JSON object of lower-case names
                                  (only when there is any), written before the object
 
@@ -24,6 +26,8 @@ Its bucket (``digestS3Bucket``/``s3Bucket``) is the directory's last path compon
 from __future__ import annotations
 
 import contextlib
+import errno
+import filecmp
 import json
 import os
 from pathlib import Path
@@ -57,6 +61,12 @@ class Destination(Protocol):
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
+
+
+OBJECT_MODE = 0o644
+"""Mode of a delivered object."""
+_NO_LINKS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+"""``link(2)`` errors that mean: copy instead (another filesystem, or one without hard links)."""
 
 
 def _same_content(path: Path, data: bytes) -> bool:
@@ -113,7 +123,7 @@ class FileDestination:
 
     def _write_new(self, target: Path, data: bytes, key: str) -> None:
         """Write ``data`` to ``target`` unless it exists (same bytes: fine; else IntegrityError)."""
-        if not create_exclusively(target, data) and not _same_content(target, data):
+        if not create_exclusively(target, data, OBJECT_MODE) and not _same_content(target, data):
             raise IntegrityError(
                 f"object {key!r} already exists in {self._url} with different content; "
                 "delivered objects are never overwritten (move the existing object away "
@@ -143,11 +153,45 @@ class FileDestination:
             raise DeliveryError(f"cannot write object {key!r} to {self._url}: {e}") from e
 
     def put_file(self, key: str, path: Path, metadata: dict[str, str] | None = None) -> None:
+        """Deliver the sealed file ``path`` (immutable, fsync'd): hard-linked into place when
+        it is on the bucket's filesystem, else copied."""
+        target = self._path(key)
+        try:
+            self._make_dirs(target.parent)
+            if metadata:
+                self._write_metadata(target, metadata, key)
+            if self._link_new(target, Path(path), key):
+                return
+        except OSError as e:
+            raise DeliveryError(
+                f"cannot deliver {path} as object {key!r} to {self._url}: {e}"
+            ) from e
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise DeliveryError(f"cannot read {path} to deliver it as {key!r}: {e}") from e
         self.put_bytes(key, data, metadata)
+
+    def _link_new(self, target: Path, path: Path, key: str) -> bool:
+        """Hard-link ``path`` as ``target`` unless it exists (the same content: fine; else
+        IntegrityError). False: links do not work here (another filesystem), copy instead."""
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            if os.path.samefile(path, target) or filecmp.cmp(path, target, shallow=False):
+                return True
+            raise IntegrityError(
+                f"object {key!r} already exists in {self._url} with different content; "
+                "delivered objects are never overwritten (move the existing object away "
+                "if it is known to be wrong)"
+            ) from None
+        except OSError as e:
+            if e.errno in _NO_LINKS:
+                return False
+            raise
+        os.chmod(target, OBJECT_MODE)  # as a copied object's (the spool's directory guards it)
+        fsync_dir(target.parent)
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         try:
