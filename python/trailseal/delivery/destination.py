@@ -121,14 +121,17 @@ class FileDestination:
         for created in reversed(missing):
             fsync_dir(created.parent)
 
+    def _exists_differently(self, key: str) -> IntegrityError:
+        return IntegrityError(
+            f"object {key!r} already exists in {self._url} with different content; "
+            "delivered objects are never overwritten (move the existing object away "
+            "if it is known to be wrong)"
+        )
+
     def _write_new(self, target: Path, data: bytes, key: str) -> None:
         """Write ``data`` to ``target`` unless it exists (same bytes: fine; else IntegrityError)."""
         if not create_exclusively(target, data, OBJECT_MODE) and not _same_content(target, data):
-            raise IntegrityError(
-                f"object {key!r} already exists in {self._url} with different content; "
-                "delivered objects are never overwritten (move the existing object away "
-                "if it is known to be wrong)"
-            )
+            raise self._exists_differently(key)
 
     def _write_metadata(self, target: Path, metadata: dict[str, str], key: str) -> None:
         side = target.with_name(target.name + METADATA_SUFFIX)
@@ -170,7 +173,10 @@ class FileDestination:
             data = Path(path).read_bytes()
         except OSError as e:
             raise DeliveryError(f"cannot read {path} to deliver it as {key!r}: {e}") from e
-        self.put_bytes(key, data, metadata)
+        try:
+            self._write_new(target, data, key)  # a copy (directories and metadata are there)
+        except OSError as e:
+            raise DeliveryError(f"cannot write object {key!r} to {self._url}: {e}") from e
 
     def _link_new(self, target: Path, path: Path, key: str) -> bool:
         """Hard-link ``path`` as ``target`` unless it exists (the same content: fine; else
@@ -180,11 +186,7 @@ class FileDestination:
         except FileExistsError:
             if os.path.samefile(path, target) or filecmp.cmp(path, target, shallow=False):
                 return True
-            raise IntegrityError(
-                f"object {key!r} already exists in {self._url} with different content; "
-                "delivered objects are never overwritten (move the existing object away "
-                "if it is known to be wrong)"
-            ) from None
+            raise self._exists_differently(key) from None
         except OSError as e:
             if e.errno in _NO_LINKS:
                 return False
