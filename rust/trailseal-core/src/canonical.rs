@@ -27,8 +27,10 @@
 //! Shape: one pass builds a compact tree ([`Document`]): flat node and member arrays whose
 //! strings point into the input (or into an arena when they had escapes). A strict fast parser
 //! (module `fast`) handles the common case (no escapes, valid, no duplicates) and gives up on
-//! anything else, which then goes through `jiter` from the start: the two build the same tree,
-//! and every error comes from the `jiter` path. Each object's
+//! anything else, which then goes through `jiter` from the start: the two build the same tree
+//! (except that the fast parser also marks each member whose canonical bytes stand in the input
+//! as they are, `Member::whole`, which the writer then copies in one piece), and every error
+//! comes from the `jiter` path. Each object's
 //! members are sorted and checked for duplicates when the object closes, so writing the canonical
 //! bytes afterwards cannot fail and allocates nothing (an object whose names' 8-byte prefixes, in
 //! input order, match a recently sorted one takes its order from a per-thread cache instead:
@@ -145,6 +147,9 @@ enum Node {
 struct Member {
     key: Span,
     value: u32,
+    /// When not 0: the member's canonical bytes (`"name":value`) stand in the input as they are,
+    /// `whole` bytes from the name's opening quote (set by the fast parser; see `Fast::object`).
+    whole: u32,
     /// The name's first 8 bytes, zero-padded, big-endian: most comparisons end here.
     prefix: u64,
 }
@@ -406,46 +411,14 @@ impl<'a, 's> Document<'a, 's> {
 
     /// Append `"name":value` of a member.
     fn write_member(&self, out: &mut Vec<u8>, m: &Member) {
-        match self.member_in_input(m) {
-            Some(whole) => out.extend_from_slice(whole),
-            None => {
-                self.write_span_string(out, m.key);
-                out.push(b':');
-                self.write_value(m.value as usize, out);
-            }
+        if m.whole != 0 {
+            let start = m.key.start as usize - 1; // the name's opening quote
+            out.extend_from_slice(&self.input[start..start + m.whole as usize]);
+        } else {
+            self.write_span_string(out, m.key);
+            out.push(b':');
+            self.write_value(m.value as usize, out);
         }
-    }
-
-    /// The input bytes of the member `m` when they already are its canonical form: a name
-    /// without escapes, then `:` with no whitespace around it, then a string without escapes
-    /// or an integer literal that is its own canonical form (both spans of the input).
-    fn member_in_input(&self, m: &Member) -> Option<&[u8]> {
-        #[cfg(test)]
-        if tests::NO_MEMBER_COPY.with(std::cell::Cell::get) {
-            return None;
-        }
-        if m.key.in_arena {
-            return None;
-        }
-        let (value, quoted) = match self.s.nodes[m.value as usize] {
-            Node::String(span) if !span.in_arena => (span, true),
-            Node::Number(span) if !span.in_arena => (span, false),
-            _ => return None,
-        };
-        let start = (m.key.start as usize).checked_sub(1)?; // the name's opening quote
-        let colon = (m.key.start + m.key.len) as usize + 1; // after its closing quote
-        let q = usize::from(quoted);
-        if value.start as usize != colon + 1 + q {
-            return None;
-        }
-        let end = (value.start + value.len) as usize + q;
-        let whole = self.input.get(start..end)?;
-        let colon_at = colon - start;
-        let ok = whole[0] == b'"'
-            && whole[colon_at - 1] == b'"'
-            && whole[colon_at] == b':'
-            && (!quoted || (whole[colon_at + 1] == b'"' && whole[whole.len() - 1] == b'"'));
-        ok.then_some(whole)
     }
 
     fn write_span_string(&self, out: &mut Vec<u8>, span: Span) {
@@ -519,11 +492,13 @@ pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
+    loop {
+        // s[start..i] needs no escape; s[i] does (or i is the end)
+        let i = fast::scan_string(s, start);
         out.extend_from_slice(&s[start..i]);
+        let Some(&b) = s.get(i) else {
+            break;
+        };
         start = i + 1;
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -543,7 +518,6 @@ pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
             ]),
         }
     }
-    out.extend_from_slice(&s[start..]);
     out.push(b'"');
 }
 
@@ -660,6 +634,7 @@ impl Parser<'_, '_> {
                     self.pending.push(Member {
                         key: key_span,
                         value,
+                        whole: 0, // written piece by piece
                         prefix,
                     });
                     key = self
@@ -959,6 +934,9 @@ mod fast {
         let mut p = Fast {
             input,
             pos: 0,
+            // a name of the input can hold a character ≥ U+E000 only when some byte is ≥ 0xEE
+            // (one pass over the text, which the compiler vectorizes, instead of one per name)
+            high: input.iter().fold(0u8, |m, &b| m.max(b)) >= 0xEE,
             nodes: &mut s.nodes,
             members: &mut s.members,
             pending: &mut s.pending,
@@ -977,6 +955,9 @@ mod fast {
     struct Fast<'a, 'x> {
         input: &'a [u8],
         pos: usize,
+        /// Some byte of the input is ≥ 0xEE (else no name without escapes holds a character
+        /// ≥ U+E000).
+        high: bool,
         nodes: &'x mut Vec<Node>,
         members: &'x mut Vec<Member>,
         pending: &'x mut Vec<Member>,
@@ -1205,6 +1186,7 @@ mod fast {
                     if self.peek()? != b'"' {
                         return Err(Bail);
                     }
+                    let opening = self.pos;
                     let mut key = self.string()?;
                     let r = key.start as usize..(key.start + key.len) as usize;
                     let name = if key.in_arena {
@@ -1212,21 +1194,46 @@ mod fast {
                     } else {
                         &self.input[r]
                     };
-                    key.high = is_high(name);
+                    // (a decoded name can hold what the input only escapes)
+                    key.high = (self.high || key.in_arena) && is_high(name);
                     let prefix = if key.in_arena {
                         key_prefix(name)
                     } else {
                         key_prefix_at(self.input, key.start as usize, key.len as usize)
                     };
+                    let after_name = self.pos;
                     self.ws();
                     if self.peek()? != b':' {
                         return Err(Bail);
                     }
+                    let compact = self.pos == after_name;
                     self.pos += 1;
+                    let after_colon = self.pos;
                     self.ws();
+                    let compact = compact && self.pos == after_colon;
                     let value = self.nodes.len() as u32;
                     self.value(depth + 1)?;
-                    self.pending.push(Member { key, value, prefix });
+                    // `"name":value` is canonical as it stands when nothing in it is escaped,
+                    // no whitespace surrounds the colon, and the value is a string or a number
+                    // of the input (not rewritten into the arena) or a literal
+                    let verbatim = compact
+                        && !key.in_arena
+                        && match self.nodes[value as usize] {
+                            Node::String(span) | Node::Number(span) => !span.in_arena,
+                            Node::Null | Node::True | Node::False => true,
+                            Node::Array { .. } | Node::Object { .. } => false,
+                        };
+                    let whole = if verbatim {
+                        (self.pos - opening) as u32
+                    } else {
+                        0
+                    };
+                    self.pending.push(Member {
+                        key,
+                        value,
+                        whole,
+                        prefix,
+                    });
                     self.ws();
                     match self.peek()? {
                         b',' => {
@@ -1285,7 +1292,7 @@ mod fast {
     /// Index of the first `"`, `\` or byte below 0x20 in `s[i..]` (`s.len()` if none), eight
     /// bytes at a time. For each test the lowest flagged byte of a word is exact (a borrow only
     /// spreads upwards, past a true hit), so the lowest of the three is the first hit.
-    fn scan_string(s: &[u8], mut i: usize) -> usize {
+    pub(super) fn scan_string(s: &[u8], mut i: usize) -> usize {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
         while let Some(chunk) = s.get(i..).and_then(<[u8]>::first_chunk::<8>) {
@@ -1457,6 +1464,9 @@ fn number(input: &[u8], arena: &mut Vec<u8>, raw: &[u8]) -> Result<Node, String>
             }
         }
     }
+    if is_canonical_decimal(raw) {
+        return Ok(Node::Number(intern(input, arena, raw)));
+    }
     let text = std::str::from_utf8(raw).map_err(|_| "number is not ASCII".to_string())?;
     let value: f64 = text
         .parse()
@@ -1484,6 +1494,36 @@ fn number(input: &[u8], arena: &mut Vec<u8>, raw: &[u8]) -> Result<Node, String>
         in_arena: true,
         high: false,
     }))
+}
+
+/// Whether a number literal (JSON syntax) is a plain decimal `-?int.frac` that already is the ES6
+/// form of its double, so it needs no reading and writing: at most 15 significant digits (every
+/// such decimal reads as a different double, so the shortest digits that read back as it are the
+/// literal's own), no trailing zero in the fraction, and at least 1e-6 in magnitude (ES6 writes
+/// smaller ones with an exponent; larger ones, below 1e21, without).
+fn is_canonical_decimal(raw: &[u8]) -> bool {
+    let digits = raw.strip_prefix(b"-").unwrap_or(raw);
+    let Some(dot) = digits.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let (int, frac) = (&digits[..dot], &digits[dot + 1..]);
+    let all_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    if !all_digits(int) || !all_digits(frac) || frac.last() == Some(&b'0') {
+        return false;
+    }
+    if int.len() > 1 && int[0] == b'0' {
+        return false; // not JSON: leave it to the full reading
+    }
+    let significant = if int == b"0" {
+        let zeros = frac.iter().take_while(|&&b| b == b'0').count();
+        if zeros > 5 {
+            return false;
+        }
+        frac.len() - zeros
+    } else {
+        int.len() + frac.len()
+    };
+    significant <= 15
 }
 
 /// The message of a syntax or encoding error reported by jiter.
@@ -1535,22 +1575,15 @@ mod tests {
         }
     }
 
-    thread_local! {
-        /// Set: the writer never copies a whole member from the input (`member_in_input`).
-        pub(super) static NO_MEMBER_COPY: std::cell::Cell<bool> =
-            const { std::cell::Cell::new(false) };
-    }
-
-    /// Canonical bytes through the fast path (when it takes the input) and through jiter alone
-    /// with every member written piece by piece; both ways must agree.
+    /// Canonical bytes through the fast path (when it takes the input; it marks the members
+    /// copied whole from the input) and through jiter alone (every member written piece by
+    /// piece); both ways must agree.
     fn both_paths(input: &[u8]) -> (Result<Vec<u8>, CanonError>, Result<Vec<u8>, CanonError>) {
         let run = |try_fast: bool| {
-            NO_MEMBER_COPY.with(|c| c.set(!try_fast));
             let mut scratch = Scratch::default();
             let doc = Document::parse_with(input, &mut scratch, try_fast)?;
             let mut out = Vec::new();
             doc.write_value(doc.root(), &mut out);
-            NO_MEMBER_COPY.with(|c| c.set(false));
             Ok(out)
         };
         (run(true), run(false))
@@ -1638,6 +1671,12 @@ mod tests {
             canon("{\"\u{e000}\":1,\"\u{1f600}\":2}"),
             "{\"\u{1f600}\":2,\"\u{e000}\":1}"
         );
+        // the same when the names are escaped in an otherwise ASCII text (both parsers)
+        let escaped = br#"{"\uFB33 0":null,"\uDBFF\uDFFF":true}"#;
+        let want = "{\"\u{10ffff}\":true,\"\u{fb33} 0\":null}".as_bytes();
+        let (fast, jiter) = both_paths(escaped);
+        assert_eq!(fast.expect("fast path"), want);
+        assert_eq!(jiter.expect("jiter path"), want);
         let samples = [
             "",
             "a",
@@ -1824,6 +1863,85 @@ mod tests {
         }
         // DEL and U+2028 stand as they are, in and out
         assert_eq!(canon("[\"a\u{7f}\u{2028}b\"]"), "[\"a\u{7f}\u{2028}b\"]");
+    }
+
+    #[test]
+    fn canonical_decimals_are_what_reading_and_writing_the_double_gives() {
+        // every plain decimal of up to 17 digits around each position of the point, trailing
+        // zeros, leading zeros of the fraction (through 1e-6 and below), both signs: the
+        // shortcut takes a literal only when the ES6 form of its double is the literal itself
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut taken, mut checked) = (0, 0);
+        for _ in 0..200_000 {
+            let r = next();
+            let total = 1 + (r % 17) as usize;
+            let mut digits: Vec<u8> = (0..total)
+                .map(|k| b'0' + ((next() >> (k % 8)) % 10) as u8)
+                .collect();
+            if r & (1 << 20) != 0 {
+                digits[total - 1] = b'0'; // a trailing zero
+            }
+            let point = ((r >> 8) % (total as u64 + 1)) as usize;
+            let int: Vec<u8> = match digits[..point].iter().position(|&d| d != b'0') {
+                _ if point == 0 => b"0".to_vec(),
+                Some(first) => digits[first..point].to_vec(),
+                None => b"0".to_vec(),
+            };
+            let mut frac = digits[point..].to_vec();
+            if frac.is_empty() {
+                frac.push(b'5');
+            }
+            if r & (1 << 21) != 0 {
+                let zeros = ((r >> 24) % 9) as usize; // leading zeros of the fraction
+                frac.splice(0..0, std::iter::repeat_n(b'0', zeros));
+            }
+            let mut raw = Vec::new();
+            if r & (1 << 22) != 0 {
+                raw.push(b'-');
+            }
+            raw.extend_from_slice(&int);
+            raw.push(b'.');
+            raw.extend_from_slice(&frac);
+            let text = std::str::from_utf8(&raw).expect("ASCII");
+            let mut expect = Vec::new();
+            write_number(&mut expect, text.parse::<f64>().expect("a decimal"));
+            checked += 1;
+            if is_canonical_decimal(&raw) {
+                taken += 1;
+                assert_eq!(expect, raw, "{text}");
+            }
+            // and whichever way it goes, the document's canonical form is the double's (or the
+            // number is refused: an integer beyond 2^53 once read, never one the shortcut takes)
+            match canonicalize(&raw) {
+                Ok(out) => assert_eq!(out, expect, "{text}"),
+                Err(e) => assert!(!is_canonical_decimal(&raw), "{text}: {e:?}"),
+            }
+        }
+        assert!(
+            taken > checked / 4 && taken < checked,
+            "{taken} of {checked}"
+        );
+        for no in [
+            "1.50",
+            "0.0",
+            "-0.0",
+            "0.0000001",
+            "1e5",
+            "1.5e3",
+            "10",
+            "1234567890123456.5",
+        ] {
+            assert!(!is_canonical_decimal(no.as_bytes()), "{no}");
+        }
+        for yes in ["1.5", "-0.5", "0.000001", "12345678901234.5", "0.001038"] {
+            assert!(is_canonical_decimal(yes.as_bytes()), "{yes}");
+        }
     }
 
     #[test]
