@@ -135,15 +135,17 @@ fn main() {
     };
     let count = events.len();
     let bytes: usize = events.iter().map(String::len).sum();
+    let receipt = Receipt {
+        received_at: "2026-01-01T12:00:00.123Z",
+        peer: "unix:uid=1000,pid=4242",
+        agent: None,
+    }
+    .canonical();
     let ctx = EventContext {
         account_id: "111122223333",
         region: "us-east-1",
         max_event_bytes: 262_144,
-        receipt: Some(Receipt {
-            received_at: "2026-01-01T12:00:00.123Z",
-            peer: "unix:uid=1000,pid=4242",
-            agent: None,
-        }),
+        receipt: Some(&receipt),
         received_at_secs: 1_767_268_800,
         index,
     };

@@ -187,8 +187,6 @@ pub enum Extra<'x> {
     Str(&'x str),
     /// Bytes that already are canonical JSON.
     Raw(&'x [u8]),
-    /// An object of string-or-null members, given in canonical (sorted) order.
-    StrMap(&'x [(&'x str, Option<&'x str>)]),
 }
 
 /// A parsed, checked JSON text whose canonical bytes can be written.
@@ -468,21 +466,6 @@ fn write_extra(out: &mut Vec<u8>, name: &str, value: Extra<'_>) {
         Extra::Bool(false) => out.extend_from_slice(b"false"),
         Extra::Str(s) => write_string(out, s.as_bytes()),
         Extra::Raw(raw) => out.extend_from_slice(raw),
-        Extra::StrMap(members) => {
-            out.push(b'{');
-            for (i, (k, v)) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(out, k.as_bytes());
-                out.push(b':');
-                match v {
-                    Some(v) => write_string(out, v.as_bytes()),
-                    None => out.extend_from_slice(b"null"),
-                }
-            }
-            out.push(b'}');
-        }
     }
 }
 
@@ -494,7 +477,7 @@ pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
     loop {
         // s[start..i] needs no escape; s[i] does (or i is the end)
-        let i = fast::scan_string(s, start);
+        let i = fast::scan_string::<true>(s, start);
         out.extend_from_slice(&s[start..i]);
         let Some(&b) = s.get(i) else {
             break;
@@ -931,12 +914,18 @@ mod fast {
         let Ok(text) = simdutf8::basic::from_utf8(input) else {
             return Err(Bail);
         };
+        // one pass over the text, which the compiler vectorizes: a name of the input can hold a
+        // character ≥ U+E000 only when some byte is ≥ 0xEE (instead of a check per name), and a
+        // string can hold a raw control character only when some byte is below 0x20 (else the
+        // string scans look for `"` and `\` only)
+        let (lowest, highest) = input
+            .iter()
+            .fold((u8::MAX, 0u8), |(lo, hi), &b| (lo.min(b), hi.max(b)));
         let mut p = Fast {
             input,
             pos: 0,
-            // a name of the input can hold a character ≥ U+E000 only when some byte is ≥ 0xEE
-            // (one pass over the text, which the compiler vectorizes, instead of one per name)
-            high: input.iter().fold(0u8, |m, &b| m.max(b)) >= 0xEE,
+            high: highest >= 0xEE,
+            controls: lowest < 0x20,
             nodes: &mut s.nodes,
             members: &mut s.members,
             pending: &mut s.pending,
@@ -958,6 +947,9 @@ mod fast {
         /// Some byte of the input is ≥ 0xEE (else no name without escapes holds a character
         /// ≥ U+E000).
         high: bool,
+        /// Some byte of the input is below 0x20 (whitespace, or a raw control character in a
+        /// string, which sends the text to the jiter parser).
+        controls: bool,
         nodes: &'x mut Vec<Node>,
         members: &'x mut Vec<Member>,
         pending: &'x mut Vec<Member>,
@@ -994,12 +986,22 @@ mod fast {
             }
         }
 
+        /// [`scan_string`] of the input from `at`.
+        #[inline(always)]
+        fn scan(&self, at: usize) -> usize {
+            if self.controls {
+                scan_string::<true>(self.input, at)
+            } else {
+                scan_string::<false>(self.input, at)
+            }
+        }
+
         /// The span of the string whose opening quote is at `pos`; `pos` moves past its end.
         /// Without escapes it is the span in the input, else the decoded text in the arena.
         #[inline(always)]
         fn string(&mut self) -> R<Span> {
             let start = self.pos + 1;
-            let end = scan_string(self.input, start);
+            let end = self.scan(start);
             match self.input.get(end) {
                 Some(b'"') => {
                     self.pos = end + 1;
@@ -1055,14 +1057,14 @@ mod fast {
                         self.arena
                             .extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                         run = at + used;
-                        at = scan_string(input, run);
+                        at = self.scan(run);
                         continue;
                     }
                     _ => return Err(Bail),
                 };
                 self.arena.push(decoded);
                 run = at + 2;
-                at = scan_string(input, run);
+                at = self.scan(run);
             }
             self.pos = at + 1;
             Ok((arena_start as u32, (self.arena.len() - arena_start) as u32))
@@ -1289,19 +1291,22 @@ mod fast {
         }
     }
 
-    /// Index of the first `"`, `\` or byte below 0x20 in `s[i..]` (`s.len()` if none), eight
-    /// bytes at a time. For each test the lowest flagged byte of a word is exact (a borrow only
-    /// spreads upwards, past a true hit), so the lowest of the three is the first hit.
-    pub(super) fn scan_string(s: &[u8], mut i: usize) -> usize {
+    /// Index of the first `"`, `\` or (with `CONTROLS`) byte below 0x20 in `s[i..]` (`s.len()`
+    /// if none), eight bytes at a time. For each test the lowest flagged byte of a word is exact
+    /// (a borrow only spreads upwards, past a true hit), so the lowest of them is the first hit.
+    /// Without `CONTROLS` the caller knows `s` holds no byte below 0x20.
+    pub(super) fn scan_string<const CONTROLS: bool>(s: &[u8], mut i: usize) -> usize {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
         while let Some(chunk) = s.get(i..).and_then(<[u8]>::first_chunk::<8>) {
             let w = u64::from_le_bytes(*chunk);
             let quote = w ^ (ONES * u64::from(b'"'));
             let backslash = w ^ (ONES * u64::from(b'\\'));
-            let hits = (quote.wrapping_sub(ONES) & !quote)
-                | (backslash.wrapping_sub(ONES) & !backslash)
-                | (w.wrapping_sub(ONES * 0x20) & !w);
+            let mut hits =
+                (quote.wrapping_sub(ONES) & !quote) | (backslash.wrapping_sub(ONES) & !backslash);
+            if CONTROLS {
+                hits |= w.wrapping_sub(ONES * 0x20) & !w;
+            }
             let hits = hits & HIGH;
             if hits != 0 {
                 return i + (hits.trailing_zeros() / 8) as usize;
@@ -1309,7 +1314,7 @@ mod fast {
             i += 8;
         }
         while let Some(&b) = s.get(i) {
-            if b == b'"' || b == b'\\' || b < 0x20 {
+            if b == b'"' || b == b'\\' || (CONTROLS && b < 0x20) {
                 return i;
             }
             i += 1;
@@ -1335,7 +1340,10 @@ mod fast {
                         if at + 1 < len {
                             s[at + 1] = b'"';
                         }
-                        assert_eq!(scan_string(&s, 0), at, "{s:?}");
+                        assert_eq!(scan_string::<true>(&s, 0), at, "{s:?}");
+                        if sp >= 0x20 {
+                            assert_eq!(scan_string::<false>(&s, 0), at, "{s:?}");
+                        }
                     }
                 }
                 let plain: Vec<u8> = (0..len).map(|k| (0x20 + (k * 37) % 0x60) as u8).collect();
@@ -1343,7 +1351,8 @@ mod fast {
                     .iter()
                     .position(|&b| b == b'"' || b == b'\\')
                     .unwrap_or(len);
-                assert_eq!(scan_string(&plain, 0), expect, "{plain:?}");
+                assert_eq!(scan_string::<true>(&plain, 0), expect, "{plain:?}");
+                assert_eq!(scan_string::<false>(&plain, 0), expect, "{plain:?}");
             }
         }
     }

@@ -81,14 +81,35 @@ pub struct Receipt<'a> {
     pub agent: Option<&'a str>,
 }
 
+impl Receipt<'_> {
+    /// The canonical JSON of the `receipt` object, as [`EventContext::receipt`] takes it
+    /// (rendered once for all the events received together, not once per event).
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.peer.len());
+        // members in canonical order: agent, peer, receivedAt
+        out.extend_from_slice(b"{\"agent\":");
+        match self.agent {
+            Some(agent) => canonical::write_string(&mut out, agent.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"peer\":");
+        canonical::write_string(&mut out, self.peer.as_bytes());
+        out.extend_from_slice(b",\"receivedAt\":");
+        canonical::write_string(&mut out, self.received_at.as_bytes());
+        out.push(b'}');
+        out
+    }
+}
+
 /// Per-line context: defaults and limits.
 #[derive(Debug, Clone, Copy)]
 pub struct EventContext<'a> {
     pub account_id: &'a str,
     pub region: &'a str,
     pub max_event_bytes: usize,
-    /// None: no receipt is added.
-    pub receipt: Option<Receipt<'a>>,
+    /// The `receipt` member's value, canonical JSON ([`Receipt::canonical`]); None: no receipt
+    /// is added.
+    pub receipt: Option<&'a [u8]>,
     /// Receive time in seconds since the epoch: the default eventTime.
     pub received_at_secs: i64,
     /// Hash the event's lookup values for the event history ([`EventMeta::lookup`]).
@@ -392,14 +413,6 @@ fn build(
     });
 
     // Everything is valid: write the event with its defaults.
-    // members in canonical order: agent, peer, receivedAt
-    let receipt = ctx.receipt.map(|r| {
-        [
-            ("agent", r.agent),
-            ("peer", Some(r.peer)),
-            ("receivedAt", Some(r.received_at)),
-        ]
-    });
     let mut extras: [(&str, Extra<'_>); 12] = [("", Extra::Null); 12];
     let mut n = 0;
     macro_rules! add {
@@ -439,8 +452,8 @@ fn build(
     if f.response_elements.is_none() {
         add!("responseElements", Extra::Null);
     }
-    if let Some(r) = &receipt {
-        add!("receipt", Extra::StrMap(r));
+    if let Some(r) = ctx.receipt {
+        add!("receipt", Extra::Raw(r));
     }
     out.reserve(line_len + 512);
     doc.write_object_merged(root, &["eventTime", "receipt"], &mut extras[..n], out);
@@ -967,11 +980,13 @@ mod tests {
     #[test]
     fn receipt_is_written_by_the_daemon_only() {
         let mut c = ctx();
-        c.receipt = Some(Receipt {
+        let receipt = Receipt {
             received_at: "2026-01-01T00:00:00.123Z",
             peer: "unix:uid=0,pid=1",
             agent: None,
-        });
+        }
+        .canonical();
+        c.receipt = Some(&receipt);
         let mut out = Vec::new();
         process_event(
             br#"{"eventName":"X","eventSource":"s","eventID":"e","receipt":{"agent":"forged"}}"#,

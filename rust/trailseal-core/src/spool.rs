@@ -1390,22 +1390,28 @@ impl Spool {
             duplicates_per_part: vec![0; parts.len()],
             ..BatchResult::default()
         };
-        let received: Vec<String> = parts
+        // each part's receipt, rendered once for all its events
+        let receipts: Vec<Option<Vec<u8>>> = parts
             .iter()
-            .map(|p| segment::format_time_ms(p.received_at_ms))
+            .map(|p| {
+                self.cfg.add_receipt.then(|| {
+                    Receipt {
+                        received_at: &segment::format_time_ms(p.received_at_ms),
+                        peer: &p.peer,
+                        agent: p.agent.as_deref(),
+                    }
+                    .canonical()
+                })
+            })
             .collect();
         let contexts: Vec<EventContext<'_>> = parts
             .iter()
-            .zip(&received)
-            .map(|(part, received)| EventContext {
+            .zip(&receipts)
+            .map(|(part, receipt)| EventContext {
                 account_id: &self.cfg.account_id,
                 region: &self.cfg.region,
                 max_event_bytes: self.cfg.max_event_bytes,
-                receipt: self.cfg.add_receipt.then_some(Receipt {
-                    received_at: received,
-                    peer: &part.peer,
-                    agent: part.agent.as_deref(),
-                }),
+                receipt: receipt.as_deref(),
                 received_at_secs: part.received_at_ms.div_euclid(1000),
                 index: self.feed.is_some(),
             })
