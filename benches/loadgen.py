@@ -19,7 +19,8 @@
    them the core handed over (``history_fed``; the rest were read back) and how many log
    files it had sealed and delivered by then (``sealed_at_last_ack``, ``delivered_at_last_ack``:
    0 means no stream reached ``seal_after_bytes`` during the load, so sealing and delivery are
-   not in the figure); sends SIGTERM, waits
+   not in the figure) and how the group commit cut the load (``batches_at_last_ack``,
+   ``fsyncs_at_last_ack``); sends SIGTERM, waits
    for the graceful shutdown (seal + deliver), and reads the delivered ``.json.zst`` log files: the
    compression ratio is their uncompressed/compressed size and the delivered event count is
    checked against ``N``.
@@ -750,6 +751,9 @@ def daemon_phase(
         # seal_after_bytes per stream, or did everything wait for the shutdown's seal?
         sealed_at_ack = d.metric("trailseal_log_files_sealed_total")
         delivered_at_ack = d.metric("trailseal_log_files_delivered_total")
+        # how the group commit cut the load: batches processed and fsyncs done by the last ack
+        batches_at_ack = d.metric("trailseal_batches_total")
+        fsyncs_at_ack = d.metric("trailseal_fsyncs_total")
         history_catchup_s = d.wait_history(len(lines), timeout=120.0)
         history_fed = d.history_indexed("trailseal_history_fed_events")
         status = d.stop()
@@ -784,6 +788,11 @@ def daemon_phase(
         **(
             {"sealed_at_last_ack": sealed_at_ack, "delivered_at_last_ack": delivered_at_ack}
             if sealed_at_ack is not None
+            else {}
+        ),
+        **(
+            {"batches_at_last_ack": batches_at_ack, "fsyncs_at_last_ack": fsyncs_at_ack}
+            if batches_at_ack is not None
             else {}
         ),
         "peak_rss_mb": round(max(d.peak_rss_kib, rss_before_stop) / 1024, 1),

@@ -60,6 +60,8 @@ def test_e2e_load(
         assert summary["delivered_events"] == EVENTS, summary
         assert summary["daemon_exit"] == 0, summary
         assert summary["compression_ratio"] > 1, summary
+        # defaults: the history (so the API and /metrics) is on; one fsync per batch with chunks
+        assert 0 < summary["fsyncs_at_last_ack"] <= summary["batches_at_last_ack"], summary
     assert correct
 
 
