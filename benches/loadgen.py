@@ -459,11 +459,14 @@ class Daemon:
         if cores == 1:
             command = ["taskset", "-c", "0", *command]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # its own process group: stop() signals the whole group, so a wrapper that does not
+        # pass signals on (``--daemon-command "/usr/bin/time …"``) cannot leave the daemon behind
         self.proc = subprocess.Popen(
             command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=None if env is None else {**env},
+            start_new_session=True,
         )
         self.peak_rss_kib = 0
         self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
@@ -545,15 +548,36 @@ class Daemon:
             time.sleep(0.02)
         return None
 
+    def _signal_group(self, sig: signal.Signals | int) -> bool:
+        """Send ``sig`` to the daemon's process group; False when the group is gone."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _wait_group(self, deadline: float) -> None:
+        """Wait until nothing of the daemon's process group runs (a wrapper may exit before
+        the daemon it started has finished its shutdown); kill what is left at ``deadline``."""
+        while self._signal_group(0):
+            if time.monotonic() >= deadline:
+                self._signal_group(signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
     def stop(self, timeout: float = 300.0) -> int:
-        """SIGTERM, wait for the graceful shutdown; kill it when it overruns ``timeout``."""
+        """SIGTERM to the daemon's process group, wait for the graceful shutdown; kill the group
+        when it overruns ``timeout`` (also what a wrapper left running after it exited)."""
+        deadline = time.monotonic() + timeout
         try:
             if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
+                self._signal_group(signal.SIGTERM)
             try:
-                return self.proc.wait(timeout)
+                status = self.proc.wait(timeout)
+                self._wait_group(deadline)
+                return status
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(10)
                 raise LoadError(
                     f"the daemon did not exit within {timeout:.0f} s of SIGTERM and was killed; "
@@ -1149,7 +1173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--daemon-command",
         metavar="CMD",
         help="run the daemon as CMD (split like a shell) + 'serve --config FILE' instead of "
-        "the venv's trailseal, e.g. to try a patched build",
+        "the venv's trailseal, e.g. to try a patched build; CMD's process is the one measured "
+        "(peak RSS, CPU), so a wrapper should exec the daemon",
     )
     parser.add_argument(
         "--trails",
