@@ -896,7 +896,7 @@ fn close_object<'b>(
 /// same [`number`].
 mod fast {
     use super::{
-        close_object, is_high, key_prefix, key_prefix_at, number, Member, Node, Scratch, Span,
+        close_object, is_high, key_prefix, key_prefix_at, number_of, Member, Node, Scratch, Span,
         MAX_DEPTH,
     };
 
@@ -967,11 +967,23 @@ mod fast {
             }
         }
 
-        fn push(&mut self, node: Node) -> R<usize> {
-            let id = self.nodes.len();
-            if id >= u32::MAX as usize {
-                return Err(Bail);
+        /// [`Self::ws`], then [`Self::peek`]: one load when no whitespace follows (every byte of
+        /// JSON whitespace is ≤ 0x20), as in compact NDJSON.
+        #[inline(always)]
+        fn peek_past_ws(&mut self) -> R<u8> {
+            match self.input.get(self.pos) {
+                Some(&b) if b > b' ' => Ok(b),
+                _ => {
+                    self.ws();
+                    self.peek()
+                }
             }
+        }
+
+        fn push(&mut self, node: Node) -> R<usize> {
+            // every node takes at least one byte of the input, which is below u32::MAX / 4
+            // bytes (`Document::parse_with`): its id fits the u32 of a member's value
+            let id = self.nodes.len();
             self.nodes.push(node);
             Ok(id)
         }
@@ -1084,9 +1096,9 @@ mod fast {
                 b'n' => self.literal(b"null", Node::Null),
                 b'-' | b'0'..=b'9' => {
                     let start = self.pos;
-                    self.number_end()?;
+                    let integer = self.number_end()?;
                     let raw = &self.input[start..self.pos];
-                    let node = number(self.input, self.arena, raw).map_err(|_| Bail)?;
+                    let node = number_of(self.input, self.arena, raw, integer).map_err(|_| Bail)?;
                     self.push(node)?;
                     Ok(())
                 }
@@ -1094,8 +1106,9 @@ mod fast {
             }
         }
 
-        /// Move `pos` past a number of the RFC 8259 grammar.
-        fn number_end(&mut self) -> R<()> {
+        /// Move `pos` past a number of the RFC 8259 grammar; whether it is an integer literal
+        /// (no fraction, no exponent).
+        fn number_end(&mut self) -> R<bool> {
             let input = self.input;
             let digits = |mut i: usize| {
                 while input.get(i).is_some_and(u8::is_ascii_digit) {
@@ -1112,12 +1125,14 @@ mod fast {
                 Some(b'1'..=b'9') => i = digits(i + 1),
                 _ => return Err(Bail),
             }
+            let mut integer = true;
             if input.get(i) == Some(&b'.') {
                 let j = digits(i + 1);
                 if j == i + 1 {
                     return Err(Bail);
                 }
                 i = j;
+                integer = false;
             }
             if let Some(b'e' | b'E') = input.get(i) {
                 i += 1;
@@ -1129,9 +1144,10 @@ mod fast {
                     return Err(Bail);
                 }
                 i = j;
+                integer = false;
             }
             self.pos = i;
-            Ok(())
+            Ok(integer)
         }
 
         fn array(&mut self, depth: usize) -> R<()> {
@@ -1141,15 +1157,13 @@ mod fast {
             self.pos += 1;
             let id = self.push(Node::Array { len: 0, end: 0 })?;
             let mut len: u32 = 0;
-            self.ws();
-            if self.peek()? == b']' {
+            if self.peek_past_ws()? == b']' {
                 self.pos += 1;
             } else {
                 loop {
                     self.value(depth + 1)?;
                     len += 1;
-                    self.ws();
-                    match self.peek()? {
+                    match self.peek_past_ws()? {
                         b',' => {
                             self.pos += 1;
                             self.ws();
@@ -1180,8 +1194,7 @@ mod fast {
                 end: 0,
             })?;
             let base = self.pending.len();
-            self.ws();
-            if self.peek()? == b'}' {
+            if self.peek_past_ws()? == b'}' {
                 self.pos += 1;
             } else {
                 loop {
@@ -1204,8 +1217,7 @@ mod fast {
                         key_prefix_at(self.input, key.start as usize, key.len as usize)
                     };
                     let after_name = self.pos;
-                    self.ws();
-                    if self.peek()? != b':' {
+                    if self.peek_past_ws()? != b':' {
                         return Err(Bail);
                     }
                     let compact = self.pos == after_name;
@@ -1236,8 +1248,7 @@ mod fast {
                         whole,
                         prefix,
                     });
-                    self.ws();
-                    match self.peek()? {
+                    match self.peek_past_ws()? {
                         b',' => {
                             self.pos += 1;
                             self.ws();
@@ -1436,6 +1447,17 @@ fn intern(input: &[u8], arena: &mut Vec<u8>, s: &[u8]) -> Span {
 /// jiter); Err is the message for an `InvalidNumber`.
 fn number(input: &[u8], arena: &mut Vec<u8>, raw: &[u8]) -> Result<Node, String> {
     let is_integer = !raw.iter().any(|b| matches!(b, b'.' | b'e' | b'E'));
+    number_of(input, arena, raw, is_integer)
+}
+
+/// [`number`] when the caller knows whether `raw` is an integer literal (no fraction, no
+/// exponent).
+fn number_of(
+    input: &[u8],
+    arena: &mut Vec<u8>,
+    raw: &[u8],
+    is_integer: bool,
+) -> Result<Node, String> {
     if is_integer {
         let digits = raw.strip_prefix(b"-").unwrap_or(raw);
         let magnitude = if digits.len() > 16 {
