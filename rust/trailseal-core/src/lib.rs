@@ -26,3 +26,18 @@ pub mod spool;
 pub mod verify;
 
 pub use error::{CoreError, Result};
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A xorshift64 generator from `seed` (not 0): a few reproducible pseudo-random numbers
+    /// without a dependency.
+    pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+}

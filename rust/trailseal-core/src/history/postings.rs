@@ -566,14 +566,7 @@ mod tests {
 
     #[test]
     fn new_postings_sort_like_a_full_sort() {
-        // xorshift: no dependency for a few pseudo-random numbers
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         let (mut scratch, mut starts) = (Vec::new(), Vec::new());
         for n in [0usize, 1, 63, 64, 65, 1000, 5000, 70_000] {
             for distinct in [1u64, 2, 7, 1 << 40] {
