@@ -980,18 +980,18 @@ mod fast {
             }
         }
 
-        fn push(&mut self, node: Node) -> R<usize> {
+        fn push(&mut self, node: Node) -> usize {
             // every node takes at least one byte of the input, which is below u32::MAX / 4
             // bytes (`Document::parse_with`): its id fits the u32 of a member's value
             let id = self.nodes.len();
             self.nodes.push(node);
-            Ok(id)
+            id
         }
 
         fn literal(&mut self, text: &[u8], node: Node) -> R<()> {
             if self.input[self.pos..].starts_with(text) {
                 self.pos += text.len();
-                self.push(node)?;
+                self.push(node);
                 Ok(())
             } else {
                 Err(Bail)
@@ -1088,7 +1088,7 @@ mod fast {
                 b'[' => self.array(depth),
                 b'"' => {
                     let span = self.string()?;
-                    self.push(Node::String(span))?;
+                    self.push(Node::String(span));
                     Ok(())
                 }
                 b't' => self.literal(b"true", Node::True),
@@ -1099,7 +1099,7 @@ mod fast {
                     let integer = self.number_end()?;
                     let raw = &self.input[start..self.pos];
                     let node = number_of(self.input, self.arena, raw, integer).map_err(|_| Bail)?;
-                    self.push(node)?;
+                    self.push(node);
                     Ok(())
                 }
                 _ => Err(Bail),
@@ -1155,7 +1155,7 @@ mod fast {
                 return Err(Bail);
             }
             self.pos += 1;
-            let id = self.push(Node::Array { len: 0, end: 0 })?;
+            let id = self.push(Node::Array { len: 0, end: 0 });
             let mut len: u32 = 0;
             if self.peek_past_ws()? == b']' {
                 self.pos += 1;
@@ -1192,7 +1192,7 @@ mod fast {
                 first: 0,
                 len: 0,
                 end: 0,
-            })?;
+            });
             let base = self.pending.len();
             if self.peek_past_ws()? == b'}' {
                 self.pos += 1;
@@ -1901,13 +1901,7 @@ mod tests {
         // every plain decimal of up to 17 digits around each position of the point, trailing
         // zeros, leading zeros of the fraction (through 1e-6 and below), both signs: the
         // shortcut takes a literal only when the ES6 form of its double is the literal itself
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
         let (mut taken, mut checked) = (0, 0);
         for _ in 0..200_000 {
             let r = next();
