@@ -130,6 +130,9 @@ def test_history_rebuild_from_the_destination(daemon: Callable[..., DaemonProces
     assert d.stop() == 0, d.stderr()  # everything sealed and delivered
     db = d.data_dir / "history" / "events.db"
     assert db.exists()
+    # the history keeps the frames where the spool wrote them: second names of its files
+    files = d.data_dir / "history" / "events.db.files"
+    assert list(files.glob("*.zst"))
     db.unlink()  # lost: the spool no longer holds the delivered files
     for extra in ("-wal", "-shm"):
         Path(f"{db}{extra}").unlink(missing_ok=True)
@@ -157,6 +160,7 @@ def test_history_rebuild_from_the_destination(daemon: Callable[..., DaemonProces
     )
     assert out.returncode == 0, out.stderr
     assert "3000 events" in out.stdout, out.stdout
+    assert not files.exists()  # the rebuilt history holds its records itself
 
     d3 = start(daemon, port, data_dir=d.data_dir)
     client = cloudtrail_client(d3.config_path, endpoint_url=f"http://127.0.0.1:{port}")
@@ -284,10 +288,14 @@ def test_a_database_of_another_schema_is_moved_aside(
         db.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         db.execute("INSERT INTO meta VALUES('schema', ?)", (_core.HISTORY_SCHEMA - 1,))
     db.close()
+    (data_dir / "history" / "events.db.files").mkdir()
+    (data_dir / "history" / "events.db.files" / "1.zst").write_bytes(b"its records")
     port = free_tcp_port()
     d = start(daemon, port, data_dir=data_dir)
     aside = data_dir / "history" / f"events.db.schema{_core.HISTORY_SCHEMA - 1}"
     assert aside.exists()
+    # its files go with it
+    assert (Path(f"{aside}.files") / "1.zst").read_bytes() == b"its records"
     assert "trailseal history rebuild" in d.stderr()
     assert _core.history_schema(str(old)) == _core.HISTORY_SCHEMA
     with d.connect_unix() as sock:

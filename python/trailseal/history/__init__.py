@@ -2,17 +2,18 @@
 
 A side path off the pipeline. The database is ``<data_dir>/history/events.db`` (SQLite, WAL),
 owned by :class:`trailseal._core.History` (all SQLite access is in Rust; never open the file
-from Python). :meth:`EventHistory.run` starts the core's indexer thread, which tails the spool:
-every :data:`POLL_SECS` (or sooner when poked) it indexes whatever whole zstd frames and sealed
-files are new, mostly as the core handed them over (``Core.feed_history``: the lookup values
-already hashed). The thread never touches Python (no GIL) and runs below ingest's priority
-(``[history] indexer_priority``: "idle", the default, SCHED_IDLE, takes only CPU ingest leaves
-idle, enough to keep up at ~1 µs per event unless the machine is busier than ingest alone makes
-it; "low", nice 10, takes more, at a cost to ingest's throughput). While ingest runs (the core
-fed it within 0.5 s) it leaves merging blocks for a pause; after a crash it catches up from the
-spool at start. Every
-:data:`RETENTION_EVERY_SECS` it deletes events whose eventTime is older than
-``[history] history_days`` in small transactions.
+from Python); the frames it indexed stay in the spool files, which it keeps under second names
+in ``events.db.files/`` (:func:`files_dir`). :meth:`EventHistory.run` starts the core's indexer
+thread, which tails the spool: every :data:`POLL_SECS` (or sooner when poked) it indexes
+whatever whole zstd frames and sealed files are new, mostly as the core handed them over
+(``Core.feed_history``: the lookup values already hashed). The thread never touches Python (no
+GIL) and runs below ingest's priority (``[history] indexer_priority``: "idle", the default,
+SCHED_IDLE, takes only CPU ingest leaves idle, enough to keep up at ~1 µs per event unless the
+machine is busier than ingest alone makes it; "low", nice 10, takes more, at a cost to ingest's
+throughput). While ingest runs (the core fed it within 0.5 s) it leaves merging blocks for a
+pause; after a crash it catches up from the spool at start. Every :data:`RETENTION_EVERY_SECS`
+it deletes events whose eventTime is older than ``[history] history_days`` in small
+transactions.
 
 What is in it: every event some trail took (an event routed to several trails once); events no
 trail selects are written nowhere, so they are not in the history either. LookupEvents' default
@@ -232,15 +233,21 @@ LOW_NICE = 10
 enough CPU to keep up with a saturating load (BENCHMARKS.md)."""
 
 
+def files_dir(path: Path) -> Path:
+    """The directory of the history's files beside the database ``path`` (``<path>.files``:
+    hard links to the spool files whose frames it indexed)."""
+    return path.with_name(f"{path.name}.files")
+
+
 def move_aside(path: Path, tag: str) -> Path:
-    """Rename the database ``path`` and its WAL files to ``<path>.<tag>`` (``.<tag>.1``, … when
-    taken); returns the new path."""
+    """Rename the database ``path``, its WAL files and its files directory to ``<path>.<tag>``
+    (``.<tag>.1``, … when taken); returns the new path."""
     aside = path.with_name(f"{path.name}.{tag}")
     n = 0
     while aside.exists():
         n += 1
         aside = path.with_name(f"{path.name}.{tag}.{n}")
-    for suffix in ("-wal", "-shm"):
+    for suffix in ("-wal", "-shm", ".files"):
         extra = Path(f"{path}{suffix}")
         if extra.exists():
             extra.rename(f"{aside}{suffix}")

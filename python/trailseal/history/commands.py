@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,7 +216,7 @@ def rebuild(
     """Rebuild the history of ``data_dir`` from ``destinations`` (the daemon must be stopped and
     the caller hold the data dir lock). Returns (log files, events read, events stored)."""
     from trailseal import _core
-    from trailseal.history import database_path
+    from trailseal.history import database_path, files_dir
 
     path = database_path(data_dir)
     fresh = path.with_name(path.name + ".rebuild")
@@ -256,6 +257,8 @@ def rebuild(
     from trailseal.durable import fsync_dir
 
     fsync_dir(path.parent)
+    # the rebuilt history keeps its records in the database: the old one's files go
+    shutil.rmtree(files_dir(path), ignore_errors=True)
     return files, events, stored
 
 

@@ -1060,9 +1060,9 @@ fn stage_in_order(
     });
 }
 
-/// Hand `feed` the frames just appended at `at` to the segment `(trail, seq)`: `lens` are each
-/// frame's (content, compressed) lengths, `events` the events of the batch and `ends` where each
-/// one ends in the batch's content.
+/// Hand `feed` the frames just appended at `at` to the segment `(trail, seq)`: `frames` are
+/// their bytes, `lens` each frame's (content, compressed) lengths, `events` the events of the
+/// batch and `ends` where each one ends in the batch's content.
 #[allow(clippy::too_many_arguments)]
 fn feed_frames(
     feed: &Feed,
@@ -1070,6 +1070,7 @@ fn feed_frames(
     seq: u64,
     at: u64,
     insight: bool,
+    frames: &[u8],
     lens: &[(usize, usize)],
     events: Vec<FedEvent>,
     ends: &[usize],
@@ -1080,12 +1081,14 @@ fn feed_frames(
         content_end += content_len;
         let n = ends[taken..].partition_point(|&e| e <= content_end);
         taken += n;
+        let start = (offset - at) as usize;
         feed.push(
             trail,
             seq,
             FedFrame {
                 offset,
                 len: len as u64,
+                sum: crate::history::frame_sum(&frames[start..start + len]),
                 content_len,
                 insight,
                 events: events.by_ref().take(n).collect(),
@@ -1576,6 +1579,7 @@ impl Spool {
                         seg.meta.seq,
                         at,
                         key.2,
+                        &frames,
                         &lens,
                         s.fed,
                         &s.ends,
@@ -2035,6 +2039,7 @@ mod tests {
             crate::history::FedFrame {
                 offset: 0,
                 len: 10,
+                sum: 0,
                 content_len: 10,
                 insight: false,
                 events: vec![waiting; FEED_CATCH_UP_EVENTS],

@@ -96,6 +96,9 @@ pub struct FedEvent {
 pub struct FedFrame {
     pub offset: u64,
     pub len: u64,
+    /// xxh3-64 of the frame's bytes ([`super::postings::hash`]): the history keeps the frame
+    /// in the spool file, and checks it is still there when it reads it back.
+    pub sum: u64,
     pub content_len: usize,
     /// The file holds Insight events.
     pub insight: bool,
@@ -263,6 +266,7 @@ mod tests {
         FedFrame {
             offset,
             len,
+            sum: 0,
             content_len: 100,
             insight: false,
             events: (0..events)

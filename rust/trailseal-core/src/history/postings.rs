@@ -384,10 +384,22 @@ pub fn merge_step(conn: &Connection, path: &Path, blocks: &mut Vec<Block>) -> Re
     Ok(true)
 }
 
-/// Remove a block: its postings, its record chunks and its row.
-pub fn delete_block(conn: &Connection, path: &Path, b: &Block) -> Result<()> {
+/// Remove a block: its postings, its record chunks and its row, and the rows of the history's
+/// files no chunk refers to any more. Returns those files' fids (for the caller to remove once
+/// the transaction is committed).
+pub fn delete_block(conn: &Connection, path: &Path, b: &Block) -> Result<Vec<i64>> {
     let fail = |e| db_err(path, "remove a block", e);
     conn.execute("DELETE FROM posts WHERE bid=?1", [b.bid])
+        .map_err(fail)?;
+    let mut st = conn
+        .prepare_cached(
+            "SELECT DISTINCT fid FROM chunks WHERE cid BETWEEN ?1 AND ?2 AND fid IS NOT NULL",
+        )
+        .map_err(fail)?;
+    let fids = st
+        .query_map(params![b.cid_lo, b.cid_hi], |r| r.get::<_, i64>(0))
+        .map_err(fail)?
+        .collect::<rusqlite::Result<Vec<i64>>>()
         .map_err(fail)?;
     conn.execute(
         "DELETE FROM chunks WHERE cid BETWEEN ?1 AND ?2",
@@ -396,7 +408,22 @@ pub fn delete_block(conn: &Connection, path: &Path, b: &Block) -> Result<()> {
     .map_err(fail)?;
     conn.execute("DELETE FROM blocks WHERE bid=?1", [b.bid])
         .map_err(fail)?;
-    Ok(())
+    let mut unused = Vec::new();
+    for fid in fids {
+        let used: bool = conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM chunks WHERE fid=?1)",
+                [fid],
+                |r| r.get(0),
+            )
+            .map_err(fail)?;
+        if !used {
+            conn.execute("DELETE FROM files WHERE fid=?1", [fid])
+                .map_err(fail)?;
+            unused.push(fid);
+        }
+    }
+    Ok(unused)
 }
 
 /// Call `f(hash, time, rid)` for each posting of `key` in block `b` whose hash is `hash` (every
