@@ -242,12 +242,17 @@ def files_dir(path: Path) -> Path:
 def move_aside(path: Path, tag: str) -> Path:
     """Rename the database ``path``, its WAL files and its files directory to ``<path>.<tag>``
     (``.<tag>.1``, … when taken); returns the new path."""
+    suffixes = ("-wal", "-shm", ".files")
+
+    def taken(name: Path) -> bool:
+        return name.exists() or any(Path(f"{name}{s}").exists() for s in suffixes)
+
     aside = path.with_name(f"{path.name}.{tag}")
     n = 0
-    while aside.exists():
+    while taken(aside):
         n += 1
         aside = path.with_name(f"{path.name}.{tag}.{n}")
-    for suffix in ("-wal", "-shm", ".files"):
+    for suffix in suffixes:
         extra = Path(f"{path}{suffix}")
         if extra.exists():
             extra.rename(f"{aside}{suffix}")

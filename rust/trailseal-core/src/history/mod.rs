@@ -24,10 +24,13 @@
 //!   `<database>.files/<fid>.zst`: a second name (hard link) of the spool file `(trail, seq)`,
 //!   made when the history first indexes it, so its frames are never copied (before, each was
 //!   written to the WAL and again to the database: as many bytes as the log files themselves,
-//!   twice). The spool only appends to a segment, renames it when sealed and removes the name
-//!   once delivered and indexed, so the frames indexed stay where they are. A file goes (row,
-//!   then link) with the last chunk that refers to it; at open, links without a row and rows
-//!   without a chunk are removed (what a crash between the steps leaves).
+//!   twice). The spool appends to a segment, renames it when sealed and removes the name once
+//!   delivered and indexed, so the frames indexed stay where they are; the one exception, a torn
+//!   tail cut after a power loss (frames the history may have indexed before the group commit's
+//!   fsync), is found at open by the frames' sums (`check_open_files`). A file goes (row, then
+//!   link) with the last chunk that refers to it; at open, links without a row (a crash between
+//!   linking and the commit, or between the commit and the unlink) and rows without a chunk are
+//!   removed.
 //! blocks, posts
 //!   the lookup index: per indexing step one block of sorted postings (hash of the value,
 //!   event_time, rid) per lookup key, merged into larger blocks in the background
@@ -555,7 +558,6 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks(
   cid INTEGER PRIMARY KEY, data BLOB, fid INTEGER, at INTEGER, len INTEGER, sum INTEGER);
-CREATE INDEX IF NOT EXISTS chunks_fid ON chunks(fid) WHERE fid IS NOT NULL;
 CREATE TABLE IF NOT EXISTS files(fid INTEGER PRIMARY KEY, trail TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS progress(
   trail TEXT NOT NULL, seq INTEGER NOT NULL, offset INTEGER NOT NULL, events INTEGER NOT NULL,
@@ -601,6 +603,88 @@ fn tidy_files(conn: &Connection, path: &Path, files: &Path) -> Result<i64> {
         }
     }
     next_fid(conn, path)
+}
+
+/// After a power loss the spool cuts a segment's torn tail and writes other frames where it was,
+/// and the history may have indexed frames of that tail (it indexes before the group commit's
+/// fsync). So at open, the chunks of every file not wholly indexed are checked against their
+/// sums; a file with a chunk that no longer matches is indexed again from its start (its
+/// progress reset), and the eventIDs of the lost chunks are returned, to be left out of the
+/// recent set: the copies their agents resend are then indexed, not taken for ones already there.
+fn check_open_files(
+    conn: &Connection,
+    path: &Path,
+    files: &Path,
+    blocks: &[postings::Block],
+    progress: &mut HashMap<(String, u64), Progress>,
+) -> Result<HashSet<u64>> {
+    use std::os::unix::fs::FileExt;
+    let fail = |e| db_err(path, "check the history's files", e);
+    let mut st = conn
+        .prepare(
+            "SELECT f.fid, f.trail, f.seq FROM files f JOIN progress p \
+             ON p.trail = f.trail AND p.seq = f.seq WHERE p.done = 0",
+        )
+        .map_err(fail)?;
+    let open = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(fail)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(fail)?;
+    let mut chunks = conn
+        .prepare("SELECT cid, at, len, sum FROM chunks WHERE fid=?1")
+        .map_err(fail)?;
+    let mut lost = HashSet::new();
+    let mut restart = Vec::new();
+    for (fid, trail, seq) in open {
+        let file = std::fs::File::open(file_path(files, fid)).ok();
+        let rows = chunks
+            .query_map([fid], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(fail)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(fail)?;
+        let mut intact = true;
+        for (cid, at, len, sum) in rows {
+            let matches = file.as_ref().is_some_and(|f| {
+                let mut bytes = vec![0u8; len.clamp(0, 1 << 30) as usize];
+                f.read_exact_at(&mut bytes, at.max(0) as u64).is_ok()
+                    && frame_sum(&bytes) == sum as u64
+            });
+            if !matches {
+                lost.insert(cid);
+                intact = false;
+            }
+        }
+        if !intact {
+            restart.push((trail, seq as u64));
+        }
+    }
+    if lost.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids = postings::ids_in_chunks(conn, path, blocks, &lost, CHUNK_BITS)?;
+    for (trail, seq) in restart {
+        conn.execute(
+            "UPDATE progress SET offset=0, events=0 WHERE trail=?1 AND seq=?2",
+            params![trail, seq as i64],
+        )
+        .map_err(fail)?;
+        progress.insert((trail, seq), Progress::default());
+    }
+    Ok(ids)
 }
 
 fn next_fid(conn: &Connection, path: &Path) -> Result<i64> {
@@ -660,6 +744,7 @@ impl History {
                 .map_err(|e| db_err(path, "write schema version", e))?;
             }
             Some(SCHEMA_VERSION) => {}
+            // (checked before the index below: an older `chunks` has no `fid` to index)
             Some(v) => {
                 return Err(CoreError::Invalid(format!(
                     "event history {}: schema version {v}, this trailseal reads {SCHEMA_VERSION}: \
@@ -668,6 +753,10 @@ impl History {
                 )))
             }
         }
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS chunks_fid ON chunks(fid) WHERE fid IS NOT NULL;",
+        )
+        .map_err(|e| db_err(path, "create schema", e))?;
         let mut progress = HashMap::new();
         {
             let mut st = conn
@@ -698,12 +787,15 @@ impl History {
         let blocks = postings::load_blocks(&conn, path)?;
         let files = files_dir(path);
         let next_fid = tidy_files(&conn, path, &files)?;
+        let lost = check_open_files(&conn, path, &files, &blocks, &mut progress)?;
         let mut recent = RecentIds::default();
         for h in postings::recent_ids(&conn, path, &blocks, RECENT_IDS)?
             .into_iter()
             .rev()
         {
-            recent.insert(h);
+            if !lost.contains(&h) {
+                recent.insert(h);
+            }
         }
         let horizon: i64 = conn
             .query_row("SELECT value FROM meta WHERE key='horizon'", [], |r| {
@@ -1442,8 +1534,8 @@ fn links_unsupported(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(1 | 18 | 31 | 95))
 }
 
-/// Give `spool.file` the name `files/<fid>.zst` and make the name durable; Ok(false) when the
-/// file is gone, Err(None) when links do not work here.
+/// Give `file` the name `files/<fid>.zst` and make the name durable; Ok(false) when the file is
+/// gone, Err(None) when links do not work here.
 fn link_file(files: &Path, fid: i64, file: &Path) -> std::result::Result<bool, Option<CoreError>> {
     std::fs::create_dir_all(files)
         .map_err(|e| Some(CoreError::io("create directory", files, e)))?;
@@ -2610,6 +2702,55 @@ mod tests {
         assert!(inline >= 2);
         let (found, _) = h.lookup(&q(None, 1000)).expect("lookup");
         assert_eq!(found.len(), 135);
+    }
+
+    #[test]
+    fn events_of_a_torn_tail_resent_after_a_power_loss_are_found() {
+        let dir = temp("history-torn");
+        let spool_dir = dir.0.join("spool");
+        let db = dir.0.join("history.db");
+        let open_spool = || {
+            let mut cfg = SpoolConfig::new(spool_dir.clone(), vec![], "111122223333", "us-east-1");
+            cfg.trails = vec![spec("main")];
+            Spool::open(cfg).expect("open spool")
+        };
+        let mut spool = open_spool();
+        let h = History::open(&db).expect("open history");
+        spool.feed_history(Some(h.feed()));
+        feed(&mut spool, 0..10);
+        feed(&mut spool, 10..20);
+        h.index_spool(&spool_dir, 1_000_000).expect("index");
+        // a power loss: the second frame never reached the disk; the daemon starts again, the
+        // spool cuts the tail, the agents resend those events in other batches
+        let seg = spool
+            .open_segments()
+            .into_iter()
+            .find(|s| !s.insight)
+            .expect("segment")
+            .path;
+        drop(spool);
+        drop(h);
+        let bytes = std::fs::read(&seg).expect("read");
+        let first = zstd::zstd_safe::find_frame_compressed_size(&bytes).expect("frame");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .and_then(|f| f.set_len(first as u64))
+            .expect("truncate");
+        let mut spool = open_spool();
+        let h = History::open(&db).expect("reopen history");
+        spool.feed_history(Some(h.feed()));
+        feed(&mut spool, 10..15);
+        feed(&mut spool, 15..20);
+        while h.index_spool(&spool_dir, 1_000_000).expect("index").more {}
+        for i in (0..20).filter(|i| i % 10 != 9) {
+            let (found, _) = h
+                .lookup(&q(Some(Attribute::EventId(format!("id-{i}"))), 50))
+                .expect("lookup");
+            assert_eq!(ids(&found), [format!("id-{i}")], "id-{i}");
+        }
+        let (found, _) = h.lookup(&q(None, 100)).expect("lookup");
+        assert_eq!(found.len(), 18, "each event once");
     }
 
     #[test]

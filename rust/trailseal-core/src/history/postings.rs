@@ -23,7 +23,7 @@
 //! A value's hash is xxh3-64 of its UTF-8 bytes (a stable, specified function): a lookup checks
 //! the record it reads, so a hash collision costs a read, never a wrong result.
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -539,6 +539,37 @@ pub fn count_since(conn: &Connection, path: &Path, blocks: &[Block], horizon: i6
         }
     }
     Ok(n)
+}
+
+/// The eventID hashes of the events held by the chunks `cids` (an event's chunk is its rid >>
+/// `chunk_bits`).
+pub fn ids_in_chunks(
+    conn: &Connection,
+    path: &Path,
+    blocks: &[Block],
+    cids: &HashSet<i64>,
+    chunk_bits: u32,
+) -> Result<HashSet<u64>> {
+    let mut out = HashSet::new();
+    let holds = |b: &&Block| cids.iter().any(|c| (b.cid_lo..=b.cid_hi).contains(c));
+    for b in blocks.iter().filter(holds) {
+        for insight in [false, true] {
+            each_post(
+                conn,
+                path,
+                b,
+                post_key(EVENT_ID, insight),
+                None,
+                |h, _, rid| {
+                    if cids.contains(&(rid >> chunk_bits)) {
+                        out.insert(h);
+                    }
+                    true
+                },
+            )?;
+        }
+    }
+    Ok(out)
 }
 
 /// The eventID hashes of the newest blocks, newest block first, at most `cap`.
