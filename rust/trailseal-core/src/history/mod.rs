@@ -991,15 +991,17 @@ impl History {
         // the rows went with the last chunks that referred to them; now the links (a lookup
         // that read such a chunk's row before leaves its events out)
         w.linked.retain(|_, fid| !unused.contains(fid));
+        // every one is tried; one that cannot be removed is removed at the next open (no row)
+        let mut failed = None;
         for fid in unused {
             let file = file_path(&w.files, fid);
             match std::fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(CoreError::io("remove", &file, e)),
+                Err(e) => failed = failed.or(Some(CoreError::io("remove", &file, e))),
             }
         }
-        Ok(removed)
+        failed.map_or(Ok(removed), Err)
     }
 
     /// Number of events in the history (not expired).
