@@ -29,6 +29,7 @@ their own segments, chain and sealed files (``insight=True``), the others share 
 """
 
 import os
+from pathlib import Path
 from typing import Self, final
 
 from trailseal.errors import TrailsealError
@@ -385,6 +386,9 @@ def limit_malloc_arenas(arenas: int) -> bool:
 
 HISTORY_SCHEMA: int
 """The history database schema this trailseal reads and writes."""
+
+def history_files_dir(path: str | os.PathLike[str]) -> Path:
+    """The directory of the files the history database at ``path`` keeps its frames in."""
 
 def history_schema(path: str | os.PathLike[str]) -> int | None:
     """The schema version of the history database at ``path``, without changing it (None: no

@@ -234,28 +234,26 @@ enough CPU to keep up with a saturating load (BENCHMARKS.md)."""
 
 
 def files_dir(path: Path) -> Path:
-    """The directory of the history's files beside the database ``path`` (``<path>.files``:
-    hard links to the spool files whose frames it indexed)."""
-    return path.with_name(f"{path.name}.files")
+    """The directory of the history's files beside the database ``path`` (hard links to the
+    spool files whose frames it indexed; the core names it)."""
+    return _core.history_files_dir(path)
 
 
 def move_aside(path: Path, tag: str) -> Path:
     """Rename the database ``path``, its WAL files and its files directory to ``<path>.<tag>``
     (``.<tag>.1``, … when taken); returns the new path."""
-    suffixes = ("-wal", "-shm", ".files")
 
-    def taken(name: Path) -> bool:
-        return name.exists() or any(Path(f"{name}{s}").exists() for s in suffixes)
+    def companions(db: Path) -> list[Path]:
+        return [Path(f"{db}-wal"), Path(f"{db}-shm"), files_dir(db)]
 
     aside = path.with_name(f"{path.name}.{tag}")
     n = 0
-    while taken(aside):
+    while any(p.exists() for p in [aside, *companions(aside)]):
         n += 1
         aside = path.with_name(f"{path.name}.{tag}.{n}")
-    for suffix in suffixes:
-        extra = Path(f"{path}{suffix}")
+    for extra, moved in zip(companions(path), companions(aside), strict=True):
         if extra.exists():
-            extra.rename(f"{aside}{suffix}")
+            extra.rename(moved)
     path.rename(aside)
     return aside
 

@@ -813,6 +813,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(selector_matches, m)?)?;
     m.add_function(wrap_pyfunction!(limit_malloc_arenas, m)?)?;
     m.add_function(wrap_pyfunction!(history_schema, m)?)?;
+    m.add_function(wrap_pyfunction!(history_files_dir, m)?)?;
     m.add("HISTORY_SCHEMA", history::SCHEMA_VERSION)?;
     Ok(())
 }
@@ -821,6 +822,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyfunction]
 fn history_schema(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Option<i64>> {
     py.detach(|| history::schema_of(&path)).map_err(core_err)
+}
+
+/// The directory of the files the history database at `path` keeps its frames in.
+#[pyfunction]
+fn history_files_dir(path: std::path::PathBuf) -> std::path::PathBuf {
+    history::files_dir(&path)
 }
 
 /// Let glibc's malloc keep at most `arenas` arenas (`mallopt(M_ARENA_MAX)`) for threads made from

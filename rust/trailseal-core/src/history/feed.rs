@@ -96,7 +96,7 @@ pub struct FedEvent {
 pub struct FedFrame {
     pub offset: u64,
     pub len: u64,
-    /// xxh3-64 of the frame's bytes ([`super::postings::hash`]): the history keeps the frame
+    /// The frame's check sum ([`super::frame_sum`]): the history keeps the frame
     /// in the spool file, and checks it is still there when it reads it back.
     pub sum: u64,
     pub content_len: usize,

@@ -620,56 +620,36 @@ fn check_open_files(
 ) -> Result<HashSet<u64>> {
     use std::os::unix::fs::FileExt;
     let fail = |e| db_err(path, "check the history's files", e);
+    // every chunk kept in a file not wholly indexed, grouped by file
     let mut st = conn
         .prepare(
-            "SELECT f.fid, f.trail, f.seq FROM files f JOIN progress p \
-             ON p.trail = f.trail AND p.seq = f.seq WHERE p.done = 0",
+            "SELECT c.cid, c.at, c.len, c.sum, f.fid, f.trail, f.seq FROM chunks c \
+             JOIN files f ON f.fid = c.fid \
+             JOIN progress p ON p.trail = f.trail AND p.seq = f.seq \
+             WHERE p.done = 0 ORDER BY f.fid",
         )
         .map_err(fail)?;
-    let open = st
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })
+    type Kept = (i64, i64, i64, i64, i64, String, i64);
+    let kept = st
+        .query_map([], |r| Kept::try_from(r))
         .map_err(fail)?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(fail)?;
-    let mut chunks = conn
-        .prepare("SELECT cid, at, len, sum FROM chunks WHERE fid=?1")
+        .collect::<rusqlite::Result<Vec<Kept>>>()
         .map_err(fail)?;
     let mut lost = HashSet::new();
-    let mut restart = Vec::new();
-    for (fid, trail, seq) in open {
-        let file = std::fs::File::open(file_path(files, fid)).ok();
-        let rows = chunks
-            .query_map([fid], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(fail)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(fail)?;
-        let mut intact = true;
-        for (cid, at, len, sum) in rows {
-            let matches = file.as_ref().is_some_and(|f| {
-                let mut bytes = vec![0u8; len.clamp(0, 1 << 30) as usize];
-                f.read_exact_at(&mut bytes, at.max(0) as u64).is_ok()
-                    && frame_sum(&bytes) == sum as u64
-            });
-            if !matches {
-                lost.insert(cid);
-                intact = false;
-            }
+    let mut restart = HashSet::new();
+    let mut open: Option<(i64, Option<std::fs::File>)> = None;
+    for (cid, at, len, sum, fid, trail, seq) in kept {
+        if open.as_ref().is_none_or(|(f, _)| *f != fid) {
+            open = Some((fid, std::fs::File::open(file_path(files, fid)).ok()));
         }
-        if !intact {
-            restart.push((trail, seq as u64));
+        let file = open.as_ref().and_then(|(_, f)| f.as_ref());
+        let matches = file.is_some_and(|f| {
+            let mut bytes = vec![0u8; len.clamp(0, 1 << 30) as usize];
+            f.read_exact_at(&mut bytes, at.max(0) as u64).is_ok() && frame_sum(&bytes) == sum as u64
+        });
+        if !matches {
+            lost.insert(cid);
+            restart.insert((trail, seq as u64));
         }
     }
     if lost.is_empty() {

@@ -541,6 +541,34 @@ pub fn count_since(conn: &Connection, path: &Path, blocks: &[Block], horizon: i6
     Ok(n)
 }
 
+/// Call `f(hash, rid)` for each eventID posting of block `b` (both categories); `f` returns false
+/// to stop. Returns whether it went through them all.
+fn each_event_id(
+    conn: &Connection,
+    path: &Path,
+    b: &Block,
+    mut f: impl FnMut(u64, i64) -> bool,
+) -> Result<bool> {
+    let mut all = true;
+    for insight in [false, true] {
+        each_post(
+            conn,
+            path,
+            b,
+            post_key(EVENT_ID, insight),
+            None,
+            |h, _, rid| {
+                all = f(h, rid);
+                all
+            },
+        )?;
+        if !all {
+            break;
+        }
+    }
+    Ok(all)
+}
+
 /// The eventID hashes of the events held by the chunks `cids` (an event's chunk is its rid >>
 /// `chunk_bits`).
 pub fn ids_in_chunks(
@@ -553,21 +581,12 @@ pub fn ids_in_chunks(
     let mut out = HashSet::new();
     let holds = |b: &&Block| cids.iter().any(|c| (b.cid_lo..=b.cid_hi).contains(c));
     for b in blocks.iter().filter(holds) {
-        for insight in [false, true] {
-            each_post(
-                conn,
-                path,
-                b,
-                post_key(EVENT_ID, insight),
-                None,
-                |h, _, rid| {
-                    if cids.contains(&(rid >> chunk_bits)) {
-                        out.insert(h);
-                    }
-                    true
-                },
-            )?;
-        }
+        each_event_id(conn, path, b, |h, rid| {
+            if cids.contains(&(rid >> chunk_bits)) {
+                out.insert(h);
+            }
+            true
+        })?;
     }
     Ok(out)
 }
@@ -581,21 +600,12 @@ pub fn recent_ids(
 ) -> Result<Vec<u64>> {
     let mut out = Vec::new();
     for b in blocks.iter().rev() {
-        for insight in [false, true] {
-            each_post(
-                conn,
-                path,
-                b,
-                post_key(EVENT_ID, insight),
-                None,
-                |h, _, _| {
-                    out.push(h);
-                    out.len() < cap
-                },
-            )?;
-            if out.len() >= cap {
-                return Ok(out);
-            }
+        let all = each_event_id(conn, path, b, |h, _| {
+            out.push(h);
+            out.len() < cap
+        })?;
+        if !all {
+            break;
         }
     }
     Ok(out)
